@@ -1,0 +1,53 @@
+"""replaystore: reinforcement-learning transitions on disk, in chunked, compressed zarr v3 arrays.
+
+>>> import replaystore as rs
+>>> store = rs.create("runs/demo", {"obs": ((4,), "float32"), "action": ((), "int64")})  # doctest: +SKIP
+>>> store.append(obs=o, action=a, reward=r, terminated=False, truncated=False)  # doctest: +SKIP
+>>> store.commit()  # doctest: +SKIP
+>>> rs.open("runs/demo").get([0, 1])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .codecs import Codec
+from .errors import (
+    ClosedError,
+    CorruptChunkError,
+    CorruptStoreError,
+    FormatVersionError,
+    ReadOnlyError,
+    ReplayStoreError,
+    SchemaError,
+    StaleReadError,
+    StoreExistsError,
+    StoreNotFoundError,
+    WriterLockedError,
+)
+from .layout import FORMAT_VERSION
+from .manifest import Manifest
+from .schema import Field, Schema
+from .store import Store, create, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ClosedError",
+    "Codec",
+    "CorruptChunkError",
+    "CorruptStoreError",
+    "Field",
+    "FormatVersionError",
+    "Manifest",
+    "ReadOnlyError",
+    "ReplayStoreError",
+    "SchemaError",
+    "StaleReadError",
+    "Store",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "WriterLockedError",
+    "__version__",
+    "create",
+    "open",
+]

@@ -1,0 +1,163 @@
+"""The one place that touches files: every chunk, manifest, episode block and lock goes through here.
+
+Keys are ``/``-separated relative names (``obs/c/3/0``, ``_replaystore/manifest.json``). The
+verbs are few on purpose, so that an object-storage backend can implement the same set later:
+``read``, ``write`` (atomic replace), ``sync`` (make earlier writes durable), ``exists``,
+``size``, ``delete``, ``list``, and ``lock`` for the single-writer lock.
+
+Unlike zarr's local store, ``write`` never exposes a half-written file (it writes a temporary
+file and renames it over the key) and durable writes fsync the file before the rename and the
+directory after it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import CorruptStoreError
+from .lock import WriterLock
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+TMP_MARK = ".tmp-"
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the store (absolute paths, ``..``, odd characters)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or not _SEGMENT.fullmatch(p) for p in parts):
+        raise CorruptStoreError(f"refusing unsafe storage key {key!r}", key=key)
+    return key
+
+
+class LocalBackend:
+    """Files under one root directory of the local file system."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._counter = itertools.count()
+        self._unsynced_dirs: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def read(self, key: str) -> bytes:
+        """Return the bytes stored at ``key``; FileNotFoundError if there are none."""
+        # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it.
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def write(self, key: str, data: bytes | memoryview, *, durable: bool = False) -> None:
+        """Atomically replace ``key`` with ``data``.
+
+        Readers see the old bytes or the new ones, never a mix. With ``durable=True`` the data
+        and the rename are on disk when this returns; otherwise call :meth:`sync` later.
+        """
+        path = self._path(key)
+        self._make_parent(path)
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        if durable:
+            self._fsync_dir(path.parent)
+            self.sync_dirs()
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make earlier non-durable writes of ``keys`` (and the directories holding them) durable."""
+        dirs = set()
+        for key in keys:
+            path = self._path(key)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for directory in dirs:
+            self._fsync_dir(directory)
+        self.sync_dirs()
+
+    def sync_dirs(self) -> None:
+        """fsync the parents of directories created since the last sync."""
+        while self._unsynced_dirs:
+            self._fsync_dir(self._unsynced_dirs.pop())
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (a directory key, or "" for all), temporary files excluded."""
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root)
+            for name in files:
+                if TMP_MARK not in name:
+                    yield (rel / name).as_posix()
+
+    def remove_temporary(self) -> int:
+        """Delete temporary files left by a writer that died mid-write; return how many."""
+        removed = 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if TMP_MARK in name:
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def lock(self, key: str) -> WriterLock:
+        """Take the exclusive single-writer lock stored at ``key`` (raises if another holds it)."""
+        path = self._path(key)
+        self._make_parent(path)
+        return WriterLock.acquire(path)
+
+    def lock_holder(self, key: str) -> int | None:
+        """The pid of the live process holding the lock at ``key``, or None."""
+        return WriterLock.holder(self._path(key))
+
+    def _make_parent(self, path: Path) -> None:
+        parent = path.parent
+        if parent.is_dir():
+            return
+        missing = []
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._unsynced_dirs.update(p.parent for p in missing)
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,177 @@
+"""Byte-budgeted caches between chunk files and ``get``: decoded chunks, or compressed shards.
+
+``ChunkPool`` keeps decoded chunks of one field in a single preallocated array of "pool slots"
+(untouched slots cost no memory), with a chunk → pool-slot table. A warm gather is then a few
+vectorised numpy operations whatever the number of chunks a batch touches, which is what lets
+a 256-row random batch cost microseconds. Eviction is least-recently-used.
+
+``ShardCache`` keeps the *compressed* shards of a per-row field (a few times smaller than the
+decoded rows) and decodes only the rows a read asks for.
+
+Both are keyed by chunk number only; the reader invalidates chunks that a refresh shows were
+rewritten, and drops everything when the store's generation changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codecs import decode_row, parse_shard
+from .schema import Field
+
+ChunkLoader = Callable[[int, np.ndarray], None]
+ShardLoader = Callable[[int], tuple[bytes, str]]
+
+
+class ChunkPool:
+    """Decoded chunks of one ``chunks``-layout field, at most ``budget`` bytes of them."""
+
+    def __init__(self, field: Field, budget: int) -> None:
+        self.field = field
+        self.rows = field.chunk_rows
+        self.chunk_nbytes = self.rows * field.row_nbytes
+        self.max_slots = max(1, budget // self.chunk_nbytes)
+        self._data = np.empty((0, self.rows, *field.shape), field.dtype)
+        self._table = np.full(0, -1, np.int64)
+        self._owner = np.full(0, -1, np.int64)
+        self._used = np.zeros(0, np.int64)
+        self._tick = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of decoded chunks held now."""
+        return int(np.count_nonzero(self._owner >= 0)) * self.chunk_nbytes
+
+    def gather(self, slots: np.ndarray, load: ChunkLoader) -> np.ndarray:
+        """Rows at ``slots`` (store slots), loading missing chunks with ``load(chunk, out)``."""
+        chunks, offsets = np.divmod(slots, self.rows)
+        self._grow_table(int(chunks.max(initial=-1)) + 1)
+        pool = self._table[chunks]
+        self._tick += 1
+        if pool.size and pool.min() < 0:
+            needed = np.unique(chunks)
+            if len(needed) > self.max_slots:
+                return self._gather_in_passes(chunks, offsets, needed, load)
+            self._used[self._table[needed][self._table[needed] >= 0]] = self._tick
+            for chunk in needed[self._table[needed] < 0]:
+                self._load(int(chunk), load)
+            pool = self._table[chunks]
+        self._used[pool] = self._tick
+        return self._data[pool, offsets]
+
+    def _gather_in_passes(self, chunks: np.ndarray, offsets: np.ndarray, needed: np.ndarray,
+                          load: ChunkLoader) -> np.ndarray:
+        # A batch touching more chunks than the budget holds: serve it chunk by chunk.
+        out = np.empty((len(chunks), *self.field.shape), self.field.dtype)
+        for chunk in needed:
+            slot = self._table[chunk]
+            if slot < 0:
+                slot = self._load(int(chunk), load)
+            mask = chunks == chunk
+            out[mask] = self._data[slot, offsets[mask]]
+            self._used[slot] = self._tick
+        return out
+
+    def _load(self, chunk: int, load: ChunkLoader) -> int:
+        slot = self._free_slot()
+        load(chunk, self._data[slot])
+        self._table[chunk] = slot
+        self._owner[slot] = chunk
+        self._used[slot] = self._tick
+        return slot
+
+    def _free_slot(self) -> int:
+        free = np.flatnonzero(self._owner < 0)
+        if len(free):
+            return int(free[0])
+        if len(self._owner) < self.max_slots:
+            self._grow_pool(min(self.max_slots, max(4, 2 * len(self._owner))))
+            return self._free_slot()
+        slot = int(np.argmin(self._used))
+        self._table[self._owner[slot]] = -1
+        self._owner[slot] = -1
+        return slot
+
+    def _grow_pool(self, slots: int) -> None:
+        data = np.empty((slots, self.rows, *self.field.shape), self.field.dtype)
+        data[: len(self._data)] = self._data
+        self._data = data
+        grow = slots - len(self._owner)
+        self._owner = np.concatenate((self._owner, np.full(grow, -1, np.int64)))
+        self._used = np.concatenate((self._used, np.zeros(grow, np.int64)))
+
+    def _grow_table(self, chunks: int) -> None:
+        if chunks > len(self._table):
+            extra = max(chunks, 2 * len(self._table)) - len(self._table)
+            self._table = np.concatenate((self._table, np.full(extra, -1, np.int64)))
+
+    def invalidate(self, chunks: np.ndarray) -> None:
+        """Forget the given chunks (their files changed)."""
+        chunks = chunks[chunks < len(self._table)]
+        slots = self._table[chunks]
+        slots = slots[slots >= 0]
+        self._owner[slots] = -1
+        self._used[slots] = 0
+        self._table[chunks] = -1
+
+    def clear(self) -> None:
+        self.invalidate(np.arange(len(self._table)))
+
+
+@dataclass
+class _Shard:
+    key: str
+    data: memoryview
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+
+class ShardCache:
+    """Compressed shards of one ``rows``-layout field, at most ``budget`` bytes of them."""
+
+    def __init__(self, field: Field, budget: int) -> None:
+        self.field = field
+        self.rows = field.chunk_rows
+        self.budget = budget
+        self._shards: OrderedDict[int, _Shard] = OrderedDict()
+        self.nbytes = 0
+
+    def gather(self, slots: np.ndarray, load: ShardLoader) -> np.ndarray:
+        """Rows at ``slots``, decoding only those rows from their (cached) compressed shards."""
+        out = np.empty((len(slots), *self.field.shape), self.field.dtype)
+        chunks, offsets = np.divmod(slots, self.rows)
+        name = self.field.name
+        for i, (chunk, offset) in enumerate(zip(chunks.tolist(), offsets.tolist(), strict=True)):
+            shard = self._shards.get(chunk)
+            if shard is None:
+                shard = self._load(chunk, load)
+            else:
+                self._shards.move_to_end(chunk)
+            decode_row(shard.data, int(shard.offsets[offset]), int(shard.lengths[offset]),
+                       out[i], key=shard.key, field=name)
+        return out
+
+    def _load(self, chunk: int, load: ShardLoader) -> _Shard:
+        data, key = load(chunk)
+        offsets, lengths = parse_shard(data, self.rows, key=key, field=self.field.name)
+        shard = _Shard(key, memoryview(data), offsets, lengths)
+        self._shards[chunk] = shard
+        self.nbytes += len(data)
+        while self.nbytes > self.budget and len(self._shards) > 1:
+            _, old = self._shards.popitem(last=False)
+            self.nbytes -= len(old.data)
+        return shard
+
+    def invalidate(self, chunks: np.ndarray) -> None:
+        for chunk in chunks.tolist():
+            old = self._shards.pop(chunk, None)
+            if old is not None:
+                self.nbytes -= len(old.data)
+
+    def clear(self) -> None:
+        self._shards.clear()
+        self.nbytes = 0

@@ -1,0 +1,137 @@
+"""The episode table: one record per finished episode, maintained incrementally as rows arrive.
+
+Finished episodes are stored in fixed-size binary blocks (4096 records, crc32c-protected), so a
+commit rewrites at most the last block and opening a store reads no block at all until someone
+asks for the table. The episode in progress lives in the manifest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import LocalBackend
+from .codecs import CHECKSUM_BYTES, crc_bytes
+from .errors import CorruptStoreError
+from .layout import episode_block_key
+
+BLOCK = 4096
+RECORD = np.dtype([("start", "<i8"), ("length", "<i8"), ("return", "<f8"),
+                   ("terminated", "?"), ("truncated", "?"), ("_pad", "V6")])
+PUBLIC_FIELDS = ["start", "length", "return", "terminated", "truncated"]
+
+
+class EpisodeTable:
+    """Finished episodes ``[0, count)`` plus the episode in progress.
+
+    ``start`` of a record is the global row number of its first step; episodes whose first rows
+    were overwritten by the ring are left out of :meth:`finished`.
+    """
+
+    def __init__(self, count: int = 0, open_episode: tuple[int, int, float] | None = None,
+                 persisted: int | None = None) -> None:
+        self.count = count
+        self.persisted = count if persisted is None else persisted
+        self.open_start, self.open_length, self.open_return = open_episode or (0, 0, 0.0)
+        self._tail_base = (self.persisted // BLOCK) * BLOCK
+        self._tail = np.zeros(0, RECORD)  # records [tail_base, count), loaded lazily
+        self._tail_loaded = self._tail_base == self.persisted
+
+    @property
+    def open_episode(self) -> tuple[int, int, float] | None:
+        if self.open_length == 0:
+            return None
+        return (self.open_start, self.open_length, self.open_return)
+
+    def observe_one(self, row: int, reward: float, terminated: bool, truncated: bool) -> None:
+        """Account for one appended row with global number ``row``."""
+        if self.open_length == 0:
+            self.open_start, self.open_return = row, 0.0
+        self.open_length += 1
+        self.open_return += reward
+        if terminated or truncated:
+            self._finish([(self.open_start, self.open_length, self.open_return,
+                           bool(terminated), bool(truncated), b"")])
+
+    def observe(self, first_row: int, rewards: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray) -> None:
+        """Account for a batch of rows with global numbers ``first_row, first_row + 1, ...``."""
+        ends = np.flatnonzero(terminated | truncated)
+        if len(ends) == 0:
+            if self.open_length == 0:
+                self.open_start, self.open_return = first_row, 0.0
+            self.open_length += len(rewards)
+            self.open_return += float(rewards.sum(dtype=np.float64))
+            return
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        returns = np.add.reduceat(rewards.astype(np.float64), starts)
+        records = np.zeros(len(ends), RECORD)
+        records["start"] = first_row + starts
+        records["length"] = ends - starts + 1
+        records["return"] = returns
+        if self.open_length:
+            records["start"][0] = self.open_start
+            records["length"][0] += self.open_length
+            records["return"][0] += self.open_return
+        records["terminated"] = terminated[ends]
+        records["truncated"] = truncated[ends]
+        self._finish(records)
+        rest = rewards[ends[-1] + 1:]
+        self.open_start = first_row + int(ends[-1]) + 1
+        self.open_length = len(rest)
+        self.open_return = float(rest.sum(dtype=np.float64))
+
+    def _finish(self, records: object) -> None:
+        new = np.array(records, RECORD) if not isinstance(records, np.ndarray) else records
+        self._tail = np.concatenate((self._tail, new))
+        self.count += len(new)
+        self.open_length, self.open_return = 0, 0.0
+
+    def persist(self, backend: LocalBackend) -> list[str]:
+        """Write the blocks holding unpersisted episodes (not durable: the caller syncs the keys)."""
+        if self.count == self.persisted:
+            return []
+        self._load_tail(backend)
+        keys = []
+        for block in range(self._tail_base // BLOCK, (self.count - 1) // BLOCK + 1):
+            lo = block * BLOCK - self._tail_base
+            payload = self._tail[lo:lo + BLOCK].tobytes()
+            key = episode_block_key(block)
+            backend.write(key, payload + crc_bytes(payload))
+            keys.append(key)
+        self.persisted = self.count
+        keep_from = (self.count // BLOCK) * BLOCK
+        self._tail = self._tail[keep_from - self._tail_base:]
+        self._tail_base = keep_from
+        return keys
+
+    def _load_tail(self, backend: LocalBackend) -> None:
+        if not self._tail_loaded:
+            block = read_block(backend, self._tail_base // BLOCK)[: self.persisted - self._tail_base]
+            self._tail = np.concatenate((block, self._tail))
+            self._tail_loaded = True
+
+    def finished(self, backend: LocalBackend, first_row: int = 0) -> np.ndarray:
+        """Finished episodes whose first row is still stored (global row >= ``first_row``)."""
+        self._load_tail(backend)
+        blocks = []
+        for block in range(self._tail_base // BLOCK - 1, -1, -1):
+            records = read_block(backend, block)
+            blocks.append(records)
+            if records["start"][0] < first_row:
+                break
+        table = np.concatenate([*reversed(blocks), self._tail[: self.count - self._tail_base]])
+        return table[table["start"] >= first_row][PUBLIC_FIELDS]
+
+
+def read_block(backend: LocalBackend, block: int) -> np.ndarray:
+    key = episode_block_key(block)
+    try:
+        data = backend.read(key)
+    except FileNotFoundError:
+        raise CorruptStoreError(f"episode block {key!r} is missing", key=key) from None
+    payload = data[:-CHECKSUM_BYTES]
+    if (len(data) < CHECKSUM_BYTES or len(payload) % RECORD.itemsize
+            or crc_bytes(payload) != data[-CHECKSUM_BYTES:]):
+        raise CorruptStoreError(f"episode block {key!r} is truncated or fails its checksum",
+                                key=key)
+    return np.frombuffer(payload, RECORD).copy()

@@ -1,0 +1,113 @@
+"""The commit record: one small JSON document, replaced atomically, that says what is committed.
+
+Rows are numbered globally from 0 in append order and never renumbered; row ``g`` lives in slot
+``g % capacity`` of every field array (slot ``g`` without a capacity). The committed rows are
+the global range ``[start, end)``: ``start`` moves forward when the ring overwrites old rows,
+``end`` when new rows are committed. Everything outside that range is invisible to readers,
+so chunk files may hold uncommitted rows without harm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import LocalBackend
+from .errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
+from .layout import FORMAT_VERSION, MANIFEST, dumps
+
+MAX_ROWS = 1 << 48
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one commit made durable and visible."""
+
+    schema_hash: str
+    capacity: int | None
+    start: int = 0
+    end: int = 0
+    generation: int = 0
+    episodes: int = 0
+    open_episode: tuple[int, int, float] | None = None
+    commit_seq: int = 0
+    commit_time: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        ints = (self.start, self.end, self.generation, self.episodes, self.commit_seq)
+        if any(not isinstance(v, int) or v < 0 or v > MAX_ROWS for v in ints):
+            raise CorruptStoreError(f"manifest holds out-of-range counters {ints}", key=MANIFEST)
+        if self.start > self.end:
+            raise CorruptStoreError(f"manifest start {self.start} is past its end {self.end}",
+                                    key=MANIFEST)
+        if self.capacity is not None and not (
+                isinstance(self.capacity, int) and 0 < self.capacity <= MAX_ROWS
+                and self.end - self.start <= self.capacity):
+            raise CorruptStoreError(f"manifest window [{self.start}, {self.end}) does not fit "
+                                    f"capacity {self.capacity}", key=MANIFEST)
+
+    @property
+    def rows(self) -> int:
+        """Number of committed rows currently in the store."""
+        return self.end - self.start
+
+    @property
+    def extent(self) -> int:
+        """Number of slots that have ever held a committed row (the zarr arrays' length)."""
+        return self.end if self.capacity is None else min(self.end, self.capacity)
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["open_episode"] = list(self.open_episode) if self.open_episode else None
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Manifest:
+        if not isinstance(doc, dict):
+            raise CorruptStoreError("manifest is not a JSON object", key=MANIFEST)
+        version = doc.get("format_version")
+        if not isinstance(version, int):
+            raise CorruptStoreError("manifest has no format_version", key=MANIFEST)
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"store format version {version} is newer than this replaystore understands "
+                f"({FORMAT_VERSION}); upgrade replaystore to read it")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            values = {k: v for k, v in doc.items() if k in known}
+            episode = values.get("open_episode")
+            if episode is not None:
+                values["open_episode"] = (int(episode[0]), int(episode[1]), float(episode[2]))
+            return cls(**values)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise CorruptStoreError(f"malformed manifest: {exc}", key=MANIFEST) from None
+
+
+def load_manifest(backend: LocalBackend) -> Manifest:
+    """Read the last committed manifest."""
+    try:
+        raw = backend.read(MANIFEST)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no replay store at {str(backend.root)!r} "
+                                 f"({MANIFEST} is missing)") from None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStoreError(f"manifest {MANIFEST!r} is not valid JSON: {exc}",
+                                key=MANIFEST) from None
+    return Manifest.from_json(doc)
+
+
+def commit_manifest(backend: LocalBackend, manifest: Manifest) -> Manifest:
+    """Durably replace the manifest; returns it with a fresh sequence number and time."""
+    committed = manifest.replace(commit_seq=manifest.commit_seq + 1, commit_time=time.time())
+    backend.write(MANIFEST, dumps(committed.to_json()), durable=True)
+    return committed

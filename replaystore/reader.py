@@ -1,0 +1,145 @@
+"""The read path: slots → chunk and offset → cached or decoded chunk → numpy gather.
+
+A reader works on one committed snapshot (a manifest). :meth:`Reader.refresh` moves it to the
+newest commit and drops from the caches exactly the chunks that the newer rows rewrote.
+
+A reader in another process may fall behind a ring writer that overwrites rows of the reader's
+snapshot. A chunk read from disk is therefore checked against the current manifest once it is
+decoded: if rows of the snapshot in that chunk may have been replaced, the read raises
+:class:`~replaystore.errors.StaleReadError` instead of returning a mix of two commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .backend import LocalBackend
+from .cache import ChunkPool, ShardCache
+from .codecs import decode_chunk
+from .errors import CorruptChunkError, StaleReadError
+from .layout import chunk_key
+from .manifest import Manifest, load_manifest
+from .schema import Field, Schema
+
+
+class Reader:
+    """Reads committed rows of one snapshot through byte-budgeted caches."""
+
+    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest,
+                 cache_bytes: int) -> None:
+        self.backend = backend
+        self.schema = schema
+        self.manifest = manifest
+        total = max(1, schema.row_nbytes)
+        self._caches: dict[str, ChunkPool | ShardCache] = {
+            f.name: (ShardCache if f.codec.per_row else ChunkPool)(
+                f, cache_bytes * f.row_nbytes // total)
+            for f in schema}
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held by the caches now."""
+        return sum(c.nbytes for c in self._caches.values())
+
+    def check_slots(self, slots: np.ndarray) -> None:
+        """Raise IndexError unless every slot holds a committed row of this snapshot."""
+        m = self.manifest
+        if m.capacity is None:
+            bad = (slots < m.start) | (slots >= m.end)
+        else:
+            bad = (slots < 0) | (slots >= m.capacity) | (
+                (slots - m.start) % m.capacity >= m.rows)
+        if bad.any():
+            first = slots[np.argmax(bad)]
+            raise IndexError(f"slot {int(first)} holds no committed row: the store has "
+                             f"{m.rows} rows ({self.describe_window()})")
+
+    def describe_window(self) -> str:
+        m = self.manifest
+        if m.rows == 0:
+            return "empty"
+        if m.capacity is None:
+            return f"slots {m.start}..{m.end - 1}"
+        first, last = m.start % m.capacity, (m.end - 1) % m.capacity
+        return f"slots {first}..{last}" + (" wrapping around the ring" if last < first else "")
+
+    def get(self, slots: np.ndarray, names: Iterable[str]) -> dict[str, np.ndarray]:
+        flat = slots.reshape(-1)
+        self.check_slots(flat)
+        out = {}
+        for name in names:
+            field = self.schema[name]
+            cache = self._caches[name]
+            if isinstance(cache, ChunkPool):
+                rows = cache.gather(flat, lambda chunk, dest, f=field: self._load(f, chunk, dest))
+            else:
+                rows = cache.gather(flat, lambda chunk, f=field: self._load_shard(f, chunk))
+            out[name] = rows.reshape(slots.shape + field.shape)
+        return out
+
+    def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
+        key = chunk_key(field, chunk)
+        try:
+            return self.backend.read(key), key
+        except FileNotFoundError:
+            raise CorruptChunkError(f"chunk file {key!r} of field {field.name!r} is missing "
+                                    "but holds committed rows", key=key, field=field.name) from None
+
+    def _load(self, field: Field, chunk: int, dest: np.ndarray) -> None:
+        data, key = self._read(field, chunk)
+        decode_chunk(field.codec, data, dest, key=key, field=field.name)
+        self._check_fresh(field, chunk)
+
+    def _load_shard(self, field: Field, chunk: int) -> tuple[bytes, str]:
+        data, key = self._read(field, chunk)
+        self._check_fresh(field, chunk)
+        return data, key
+
+    def _check_fresh(self, field: Field, chunk: int) -> None:
+        """Refuse a chunk read after the ring writer began replacing this snapshot's rows in it."""
+        m = self.manifest
+        if m.capacity is None or m.end <= m.capacity:
+            return  # nothing of this snapshot was ever overwritten
+        current = load_manifest(self.backend)
+        if current.generation == m.generation and current.start <= m.start:
+            return
+        lost_slots = _slot_ranges(m.start, max(m.start, min(current.start, m.end)), m.capacity)
+        lo = chunk * field.chunk_rows
+        hi = lo + field.chunk_rows
+        if current.generation != m.generation or any(a < hi and lo < b for a, b in lost_slots):
+            raise StaleReadError(
+                f"rows of this reader's snapshot in field {field.name!r} chunk {chunk} were "
+                "overwritten by the writer; call refresh() and read again")
+
+    def refresh(self, manifest: Manifest | None = None) -> bool:
+        """Move to ``manifest`` (default: the newest on disk); True if anything changed."""
+        new = manifest if manifest is not None else load_manifest(self.backend)
+        old, self.manifest = self.manifest, new
+        if new.generation != old.generation:
+            for cache in self._caches.values():
+                cache.clear()
+            return True
+        if new.end == old.end:
+            return new.start != old.start
+        changed = _slot_ranges(old.end, new.end, new.capacity)
+        for field in self.schema:
+            chunks = [np.arange(a // field.chunk_rows, (b - 1) // field.chunk_rows + 1)
+                      for a, b in changed]
+            self._caches[field.name].invalidate(np.concatenate(chunks))
+        return True
+
+
+def _slot_ranges(first: int, stop: int, capacity: int | None) -> list[tuple[int, int]]:
+    """The slot intervals ``[a, b)`` holding global rows ``[first, stop)``."""
+    if stop <= first:
+        return []
+    if capacity is None:
+        return [(first, stop)]
+    if stop - first >= capacity:
+        return [(0, capacity)]
+    a, b = first % capacity, stop % capacity
+    if a < b:
+        return [(a, b)]
+    return [(a, capacity)] + ([(0, b)] if b else [])

@@ -1,0 +1,276 @@
+"""Fields and schemas: what a store holds, and the checks every row passes before it is stored.
+
+A schema always contains the three fields that episodes are built from, ``reward`` (float32),
+``terminated`` and ``truncated`` (bool); any other numeric field (``obs``, ``action``,
+``next_obs``, ``log_prob``, ...) is declared by name, shape and dtype.
+
+Casting rule for appended values: a cast numpy calls *safe* is done silently; float to a
+narrower float is done when no finite value overflows (observations arrive as float64 from many
+environments and are rounded, as every RL library does); any other cast (int64 into uint8, float
+into int, int into bool) is done only when every value survives the round trip exactly.
+Anything else raises :class:`~replaystore.errors.SchemaError` naming the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .codecs import Codec, default_chunk_rows, default_codec
+from .errors import SchemaError
+
+EPISODE_FIELDS = {"reward": "float32", "terminated": "bool", "truncated": "bool"}
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_DTYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64"])
+MAX_ROW_BYTES = 256 << 20
+MAX_FIELDS = 256
+
+FieldSpec = Any  # tuple (shape, dtype), a Field, or a mapping with shape/dtype/codec/chunk_rows
+
+
+@dataclass(frozen=True)
+class Field:
+    """One named array of a store; every row holds one value of ``shape`` and ``dtype``.
+
+    Examples
+    --------
+    >>> Field("obs", (17,), "float32").row_nbytes
+    68
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype = field(compare=True)
+    codec: Codec = Codec()
+    chunk_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise SchemaError(
+                f"invalid field name {self.name!r}: use a letter followed by letters, digits or "
+                "underscores (at most 64), so it is a safe file name and a Python identifier")
+        try:
+            shape = tuple(int(d) for d in self.shape)
+        except (TypeError, ValueError):
+            raise SchemaError(f"field {self.name!r}: shape must be a tuple of ints, "
+                              f"got {self.shape!r}") from None
+        if any(d <= 0 for d in shape) or len(shape) > 8:
+            raise SchemaError(f"field {self.name!r}: shape {shape} must have at most 8 "
+                              "dimensions, each >= 1")
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise SchemaError(f"field {self.name!r}: unknown dtype {self.dtype!r}") from None
+        if dtype.name not in _DTYPES:
+            raise SchemaError(f"field {self.name!r}: dtype {dtype} is not supported; use one of "
+                              f"{', '.join(sorted(_DTYPES))}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype)
+        if self.row_nbytes > MAX_ROW_BYTES:
+            raise SchemaError(f"field {self.name!r}: one row of shape {shape} {dtype} is "
+                              f"{self.row_nbytes} bytes, more than {MAX_ROW_BYTES}")
+        rows = int(self.chunk_rows) or default_chunk_rows(self.row_nbytes, self.codec)
+        if not 1 <= rows <= 1 << 24:
+            raise SchemaError(f"field {self.name!r}: chunk_rows must be in 1..{1 << 24}, "
+                              f"got {self.chunk_rows!r}")
+        object.__setattr__(self, "chunk_rows", rows)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one row, uncompressed."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"shape {self.shape} {self.dtype}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
+                "codec": self.codec.to_json(), "chunk_rows": self.chunk_rows}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Field:
+        try:
+            return cls(doc["name"], tuple(doc["shape"]), doc["dtype"],
+                       Codec.from_json(doc["codec"]), int(doc["chunk_rows"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, SchemaError):
+                raise
+            raise SchemaError(f"malformed field description {doc!r}: {exc}") from None
+
+    def check(self, value: Any) -> np.ndarray:
+        """Return ``value`` as an array of this field's shape and dtype, or raise SchemaError."""
+        if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == self.shape:
+            return value
+        array = np.asarray(value)
+        if array.shape != self.shape:
+            raise SchemaError(f"field {self.name!r}: expected {self.describe()}, "
+                              f"got shape {array.shape} {array.dtype}")
+        return self._cast(array, "")
+
+    def check_batch(self, value: Any) -> np.ndarray:
+        """Like :meth:`check` for a batch: shape ``(n, *self.shape)``."""
+        array = np.asarray(value)
+        if array.shape[1:] != self.shape or array.ndim != len(self.shape) + 1:
+            raise SchemaError(f"field {self.name!r}: expected a batch of shape (n, "
+                              f"{', '.join(map(str, self.shape))}{',' if len(self.shape) == 1 else ''})"
+                              f" {self.dtype}, got shape {array.shape} {array.dtype}")
+        return self._cast(array, "batch ")
+
+    def _cast(self, array: np.ndarray, what: str) -> np.ndarray:
+        src, dst = array.dtype, self.dtype
+        if src == dst:
+            return array
+        if src.kind not in "biuf":
+            raise SchemaError(f"field {self.name!r}: cannot store {what}values of dtype {src} "
+                              f"in a {dst} field")
+        if np.can_cast(src, dst, "safe"):
+            return array.astype(dst)
+        with np.errstate(all="ignore"):
+            cast = array.astype(dst)
+            if src.kind == "f" and dst.kind == "f":
+                lossless = np.all(np.isfinite(cast) | ~np.isfinite(array))
+            else:
+                lossless = np.array_equal(cast.astype(src), array, equal_nan=src.kind == "f")
+        if not lossless:
+            raise SchemaError(f"field {self.name!r}: {what}values of dtype {src} do not fit a "
+                              f"{dst} field without loss (expected {self.describe()})")
+        return cast
+
+
+def _parse_field(name: str, spec: FieldSpec) -> Field:
+    if isinstance(spec, Field):
+        if spec.name != name:
+            raise SchemaError(f"field declared as {name!r} is named {spec.name!r}")
+        return spec
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"shape", "dtype", "codec", "chunk_rows"}
+        if unknown:
+            raise SchemaError(f"field {name!r}: unknown option(s) {sorted(unknown)}")
+        shape, dtype = spec.get("shape", ()), spec.get("dtype", "float32")
+        codec, chunk_rows = spec.get("codec"), spec.get("chunk_rows", 0)
+    elif isinstance(spec, tuple | list) and len(spec) == 2:
+        (shape, dtype), codec, chunk_rows = spec, None, 0
+    else:
+        raise SchemaError(f"field {name!r}: expected (shape, dtype), a mapping or a Field, "
+                          f"got {spec!r}")
+    if isinstance(shape, int):
+        shape = (shape,)
+    probe = Field(name, shape, dtype)
+    parsed = Codec.parse(codec) if codec is not None else default_codec(probe.row_nbytes)
+    return Field(name, probe.shape, probe.dtype, parsed, chunk_rows or 0)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The ordered fields of a store.
+
+    Examples
+    --------
+    >>> s = Schema.from_fields({"obs": ((4,), "float32"), "action": ((), "int64")})
+    >>> s.names
+    ('obs', 'action', 'reward', 'terminated', 'truncated')
+    """
+
+    fields: tuple[Field, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise SchemaError(f"duplicate field names in {names}")
+        if len(names) > MAX_FIELDS:
+            raise SchemaError(f"a schema holds at most {MAX_FIELDS} fields, got {len(names)}")
+        by_name = {f.name: f for f in self.fields}
+        for name, dtype in EPISODE_FIELDS.items():
+            f = by_name.get(name)
+            if f is None or f.shape != () or (f.dtype.kind != "f" if dtype == "float32"
+                                             else f.dtype != np.dtype(dtype)):
+                raise SchemaError(f"field {name!r} must be a scalar {dtype} field "
+                                  f"(got {f.describe() if f else 'nothing'})")
+        object.__setattr__(self, "_by_name", by_name)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, FieldSpec] | Schema) -> Schema:
+        """Build a schema from ``{name: (shape, dtype)}``; reward/terminated/truncated are added."""
+        if isinstance(fields, Schema):
+            return fields
+        if not isinstance(fields, Mapping) or not fields:
+            raise SchemaError("fields must be a non-empty mapping of name to (shape, dtype)")
+        parsed = [_parse_field(str(name), spec) for name, spec in fields.items()]
+        declared = {f.name for f in parsed}
+        parsed += [_parse_field(n, ((), d)) for n, d in EPISODE_FIELDS.items() if n not in declared]
+        return cls(tuple(parsed))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def __getitem__(self, name: str) -> Field:
+        try:
+            return self._by_name[name]  # type: ignore[attr-defined]
+        except KeyError:
+            raise KeyError(self._unknown_message([name])) from None
+
+    def __iter__(self) -> Iterator[Field]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    @property
+    def row_nbytes(self) -> int:
+        return sum(f.row_nbytes for f in self.fields)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fields": [f.to_json() for f in self.fields]}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Schema:
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("fields"), list):
+            raise SchemaError(f"malformed schema document: {str(doc)[:200]}")
+        return cls(tuple(Field.from_json(f) for f in doc["fields"]))
+
+    @property
+    def hash(self) -> str:
+        """A short, stable digest of the schema; the manifest records it."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _unknown_message(self, names: list[str]) -> str:
+        hints = []
+        for name in names:
+            close = difflib.get_close_matches(name, self.names, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return f"unknown field(s) {', '.join(hints)}; the schema has {', '.join(self.names)}"
+
+    def _check_keys(self, values: Mapping[str, Any]) -> None:
+        if len(values) == len(self.fields) and all(k in self._by_name for k in values):  # type: ignore[attr-defined]
+            return
+        extra = [k for k in values if k not in self._by_name]  # type: ignore[attr-defined]
+        if extra:
+            raise SchemaError(self._unknown_message(extra))
+        missing = [n for n in self.names if n not in values]
+        raise SchemaError(f"missing field(s) {', '.join(map(repr, missing))}; every row needs "
+                          f"all of {', '.join(self.names)}")
+
+    def check_row(self, values: Mapping[str, Any]) -> list[np.ndarray]:
+        """Validate one row; return its values in field order."""
+        self._check_keys(values)
+        return [f.check(values[f.name]) for f in self.fields]
+
+    def check_batch(self, values: Mapping[str, Any]) -> tuple[list[np.ndarray], int]:
+        """Validate a batch (leading axis = rows); return values in field order and the row count."""
+        self._check_keys(values)
+        arrays = [f.check_batch(values[f.name]) for f in self.fields]
+        counts = {f.name: len(a) for f, a in zip(self.fields, arrays, strict=True)}
+        if len(set(counts.values())) > 1:
+            raise SchemaError(f"fields of a batch must have the same number of rows, got {counts}")
+        return arrays, len(arrays[0])

@@ -1,0 +1,362 @@
+"""The Store: create or open a replay store, append and commit rows, read them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .backend import LocalBackend
+from .episodes import EpisodeTable
+from .errors import (
+    ClosedError,
+    CorruptStoreError,
+    FormatVersionError,
+    ReadOnlyError,
+    SchemaError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
+from .layout import (
+    FORMAT_VERSION,
+    GROUP,
+    LOCK,
+    MANIFEST,
+    META_GROUP,
+    array_document,
+    array_key,
+    dumps,
+    group_document,
+    meta_group_document,
+)
+from .lock import WriterLock
+from .manifest import Manifest, commit_manifest, load_manifest
+from .reader import Reader
+from .schema import FieldSpec, Schema
+from .writer import Writer
+
+DEFAULT_CACHE_BYTES = 512 << 20
+DEFAULT_COMMIT_ROWS = 100_000
+DEFAULT_COMMIT_SECONDS = 30.0
+
+
+class Store:
+    """A replay store on disk. Make one with :func:`create`, reopen it with :func:`open`.
+
+    Rows are addressed by *slot*: the position of a row in the field arrays. Without a capacity
+    slot ``i`` is the ``i``-th row ever appended; with ``capacity=N`` row ``g`` lives in slot
+    ``g % N`` (as in TorchRL's and cpprb's ring buffers), so a slot returned by a sampler keeps
+    naming the same row until the ring overwrites it.
+
+    Reads (``len``, ``get``, ``episodes``) see committed rows only. ``commit()`` makes every
+    appended row durable and visible; rows are also committed automatically every
+    ``commit_every_rows`` rows or ``commit_every_seconds`` seconds, and when a ``with`` block
+    that opened the store for writing ends without an exception.
+
+    Examples
+    --------
+    >>> import replaystore as rs, numpy as np, tempfile
+    >>> path = tempfile.mkdtemp() + "/demo"
+    >>> with rs.create(path, {"obs": ((3,), "float32"), "action": ((), "int64")}) as store:
+    ...     store.append(obs=np.zeros(3), action=1, reward=1.0, terminated=False, truncated=False)
+    >>> rs.open(path).get([0])["action"]
+    array([1])
+    """
+
+    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest, *,
+                 mode: Literal["r", "a"], cache_bytes: int, lock: WriterLock | None = None,
+                 commit_every_rows: int = DEFAULT_COMMIT_ROWS,
+                 commit_every_seconds: float = DEFAULT_COMMIT_SECONDS) -> None:
+        self._backend = backend
+        self.schema = schema
+        self.mode = mode
+        self._lock = lock
+        self._reader = Reader(backend, schema, manifest, cache_bytes)
+        self._writer: Writer | None = None
+        self._closed = False
+        if mode == "a":
+            self._writer = Writer(backend, schema, manifest, commit_every_rows=commit_every_rows,
+                                  commit_every_seconds=commit_every_seconds,
+                                  on_commit=self._reader.refresh)
+            self._writer.sync_array_shapes()
+
+    # -- description ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._backend.root
+
+    @property
+    def capacity(self) -> int | None:
+        """Maximum rows kept (the ring size), or None for a store that grows without bound."""
+        return self._reader.manifest.capacity
+
+    @property
+    def manifest(self) -> Manifest:
+        """The committed snapshot this store object reads."""
+        return self._reader.manifest
+
+    def __len__(self) -> int:
+        return self._reader.manifest.rows
+
+    @property
+    def pending(self) -> int:
+        """Rows appended but not yet committed (0 for a reader)."""
+        return self._writer.pending if self._writer else 0
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded chunks and compressed shards held in the read cache."""
+        return self._reader.cached_bytes
+
+    def __repr__(self) -> str:
+        cap = f"capacity={self.capacity}" if self.capacity else "unbounded"
+        state = "closed" if self._closed else f"mode={self.mode!r}"
+        return (f"<replaystore.Store {str(self.path)!r}: {len(self)} rows, {cap}, "
+                f"fields {', '.join(self.schema.names)}, {state}>")
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _require_writer(self) -> Writer:
+        if self._closed:
+            raise ClosedError(f"store {str(self.path)!r} is closed")
+        if self._writer is None:
+            raise ReadOnlyError(f"store {str(self.path)!r} is open for reading; "
+                                "open it with mode='a' to append")
+        return self._writer
+
+    def append(self, row: Mapping[str, Any] | None = None, /, **values: Any) -> None:
+        """Append one transition, given as keyword arguments or a mapping.
+
+        Every field of the schema is required. Values are checked (shape, lossless dtype)
+        before anything is stored; a bad row raises :class:`~replaystore.SchemaError` and
+        leaves the store unchanged.
+        """
+        writer = self._require_writer()
+        if row is not None:
+            values = {**row, **values}
+        writer.append(self.schema.check_row(values))
+
+    def extend(self, batch: Mapping[str, Any]) -> None:
+        """Append a batch: a mapping of field name to array with a leading row axis."""
+        writer = self._require_writer()
+        arrays, count = self.schema.check_batch(batch)
+        if count:
+            writer.extend(arrays, count)
+
+    def commit(self) -> Manifest:
+        """Make all appended rows durable and visible to readers; returns the manifest."""
+        return self._require_writer().commit()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, indices: Any, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Rows at the given slots, as ``{field: array}`` with shape ``indices.shape + field.shape``.
+
+        ``indices`` may be any integer array-like (random, sorted, repeated). Slots that hold no
+        committed row raise IndexError; ``fields`` limits the fields read.
+        """
+        if self._closed:
+            raise ClosedError(f"store {str(self.path)!r} is closed")
+        slots = np.asarray(indices)
+        if slots.dtype.kind not in "iu":
+            if slots.size == 0:
+                slots = slots.astype(np.int64)
+            else:
+                raise TypeError(f"indices must be integers, got dtype {slots.dtype}")
+        names = self.schema.names if fields is None else tuple(fields)
+        for name in names:
+            self.schema[name]  # raises KeyError naming unknown fields
+        return self._reader.get(slots.astype(np.int64, copy=False), names)
+
+    def slots(self) -> np.ndarray:
+        """The slots of all committed rows, oldest first."""
+        m = self._reader.manifest
+        rows = np.arange(m.start, m.end, dtype=np.int64)
+        return rows if m.capacity is None else rows % m.capacity
+
+    @property
+    def episodes(self) -> np.ndarray:
+        """Finished episodes still fully stored: a structured array with fields
+        ``start`` (global row number of the first step), ``length``, ``return``,
+        ``terminated`` and ``truncated``. ``start % capacity`` is its first slot in a ring."""
+        m = self._reader.manifest
+        table = EpisodeTable(m.episodes, m.open_episode)
+        return table.finished(self._backend, m.start)
+
+    def refresh(self) -> bool:
+        """Move this reader to the newest commit; True if it changed."""
+        if self._writer is not None:
+            return False
+        return self._reader.refresh()
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the writer lock; uncommitted rows are discarded (call commit() first)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._writer = None
+        self._closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Commit only when the block succeeded: a failed block must not publish half its rows.
+        if exc_type is None and self._writer is not None and not self._closed:
+            self._writer.commit()
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()  # type: ignore[union-attr]
+
+
+def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schema, *,
+           capacity: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+           commit_every_rows: int = DEFAULT_COMMIT_ROWS,
+           commit_every_seconds: float = DEFAULT_COMMIT_SECONDS,
+           overwrite: bool = False) -> Store:
+    """Create a new store at ``path`` and open it for writing.
+
+    Parameters
+    ----------
+    path
+        Directory to create; it must not exist or be empty (unless ``overwrite``).
+    fields
+        ``{name: (shape, dtype)}``, or ``{name: {"shape", "dtype", "codec", "chunk_rows"}}``.
+        ``reward`` (float32), ``terminated`` and ``truncated`` (bool) are added when missing.
+        Codecs default to raw chunks for small rows and per-row lz4hc shards for rows of
+        1 KiB or more (see :mod:`replaystore.codecs`).
+    capacity
+        Ring size: once full, each new row replaces the oldest. None grows without bound.
+    cache_bytes
+        Budget of the read cache (decoded chunks, compressed shards), split across fields by
+        row size.
+    commit_every_rows, commit_every_seconds
+        Auto-commit thresholds: a crash loses at most this window of appended rows.
+    overwrite
+        Delete an existing store at ``path`` first.
+
+    Examples
+    --------
+    >>> import replaystore as rs, tempfile
+    >>> store = rs.create(tempfile.mkdtemp() + "/hopper",
+    ...                   {"obs": ((17,), "float32"), "action": ((6,), "float32"),
+    ...                    "next_obs": ((17,), "float32")}, capacity=1_000_000)
+    >>> store.schema.names
+    ('obs', 'action', 'next_obs', 'reward', 'terminated', 'truncated')
+    """
+    schema = Schema.from_fields(fields)
+    if capacity is not None and (not isinstance(capacity, int | np.integer) or capacity <= 0):
+        raise SchemaError(f"capacity must be a positive integer or None, got {capacity!r}")
+    capacity = None if capacity is None else int(capacity)
+    _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
+    root = Path(path)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if not overwrite:
+            raise StoreExistsError(f"cannot create a store at {str(root)!r}: it exists and is "
+                                   "not empty (pass overwrite=True to replace it)")
+        _remove_store(root)
+    root.mkdir(parents=True, exist_ok=True)
+    backend = LocalBackend(root)
+    lock = backend.lock(LOCK)
+    try:
+        backend.write(GROUP, dumps(group_document(schema, capacity)))
+        backend.write(META_GROUP, dumps(meta_group_document()))
+        for f in schema:
+            backend.write(array_key(f.name), dumps(array_document(f, 0)))
+        backend.sync([GROUP, META_GROUP, *(array_key(f.name) for f in schema)])
+        manifest = commit_manifest(backend, Manifest(schema.hash, capacity))
+    except BaseException:
+        lock.release()
+        raise
+    return Store(backend, schema, manifest, mode="a", cache_bytes=cache_bytes, lock=lock,
+                 commit_every_rows=commit_every_rows, commit_every_seconds=commit_every_seconds)
+
+
+def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
+         cache_bytes: int = DEFAULT_CACHE_BYTES, commit_every_rows: int = DEFAULT_COMMIT_ROWS,
+         commit_every_seconds: float = DEFAULT_COMMIT_SECONDS) -> Store:
+    """Open an existing store: ``mode="r"`` to read, ``mode="a"`` to append (takes the lock).
+
+    A reader sees the last committed snapshot and moves to newer commits with
+    :meth:`Store.refresh`. A writer continues after the last committed row, also after a crash.
+
+    Examples
+    --------
+    >>> import replaystore as rs, tempfile
+    >>> path = tempfile.mkdtemp() + "/s"
+    >>> rs.create(path, {"obs": ((2,), "float32")}).close()
+    >>> len(rs.open(path))
+    0
+    """
+    if mode not in ("r", "a"):
+        raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+    _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
+    root = Path(path)
+    if not root.is_dir():
+        raise StoreNotFoundError(f"no replay store at {str(root)!r}: not a directory")
+    backend = LocalBackend(root)
+    lock = backend.lock(LOCK) if mode == "a" else None
+    try:
+        manifest = load_manifest(backend)
+        schema = _load_schema(backend, manifest)
+        if lock is not None:
+            backend.remove_temporary()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Store(backend, schema, manifest, mode=mode, cache_bytes=cache_bytes, lock=lock,
+                 commit_every_rows=commit_every_rows, commit_every_seconds=commit_every_seconds)
+
+
+def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
+    try:
+        doc = json.loads(backend.read(GROUP))
+        meta = doc["attributes"]["replaystore"]
+    except FileNotFoundError:
+        raise CorruptStoreError(f"store {str(backend.root)!r} has no {GROUP}", key=GROUP) from None
+    except (ValueError, KeyError, TypeError):
+        raise CorruptStoreError(f"{GROUP} of {str(backend.root)!r} is not a replaystore group "
+                                "document", key=GROUP) from None
+    if not isinstance(meta, dict) or meta.get("format_version", FORMAT_VERSION + 1) \
+            > FORMAT_VERSION:
+        raise FormatVersionError(f"{GROUP} of {str(backend.root)!r} declares format version "
+                                 f"{meta.get('format_version') if isinstance(meta, dict) else '?'}"
+                                 f", newer than this replaystore understands ({FORMAT_VERSION})")
+    try:
+        schema = Schema.from_json(meta["schema"])
+    except (KeyError, SchemaError) as exc:
+        raise CorruptStoreError(f"schema in {GROUP} is invalid: {exc}", key=GROUP) from None
+    if schema.hash != manifest.schema_hash:
+        raise CorruptStoreError(f"schema in {GROUP} does not match the manifest's schema hash "
+                                f"({schema.hash} != {manifest.schema_hash})", key=MANIFEST)
+    if meta.get("capacity") != manifest.capacity:
+        raise CorruptStoreError(f"capacity in {GROUP} ({meta.get('capacity')}) does not match "
+                                f"the manifest ({manifest.capacity})", key=MANIFEST)
+    return schema
+
+
+def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:
+    if not isinstance(cache_bytes, int | np.integer) or cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
+    if not isinstance(rows, int | np.integer) or rows <= 0:
+        raise ValueError(f"commit_every_rows must be a positive integer, got {rows!r}")
+    if not seconds > 0:
+        raise ValueError(f"commit_every_seconds must be positive, got {seconds!r}")
+
+
+def _remove_store(root: Path) -> None:
+    if not (root / MANIFEST).exists() and not (root / GROUP).exists():
+        raise StoreExistsError(f"refusing to overwrite {str(root)!r}: it holds files but no "
+                               "replay store")
+    shutil.rmtree(root)

@@ -1,0 +1,231 @@
+"""The write path: rows buffered in RAM per open chunk, written as whole chunk files, committed.
+
+Each field keeps the one chunk (or shard) that rows are going into as a numpy buffer. A chunk is
+written when it fills, and at every commit while partly filled (later rewritten, atomically,
+when it fills). Commit order: chunk files and episode blocks fsynced, then the manifest replaced
+atomically; the manifest is the only thing that makes rows visible.
+
+Ring capacity: row ``g`` goes to slot ``g % capacity``. Before a chunk file that replaces
+committed rows is written, the committed window is shrunk past them with a manifest-only commit
+(:meth:`Writer._guard`), so no reachable state shows a committed row whose bytes were replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .backend import LocalBackend
+from .codecs import decode_chunk, encode_chunk, encode_row, encode_shard, parse_shard
+from .episodes import EpisodeTable
+from .errors import CorruptChunkError
+from .layout import array_document, array_key, chunk_key, dumps
+from .manifest import Manifest, commit_manifest
+from .schema import Field, Schema
+
+
+class _FieldBuffer:
+    """The open chunk of one field: rows ``[base, base + len)`` of the slot space."""
+
+    def __init__(self, field: Field, slot_count: int | None) -> None:
+        self.field = field
+        self.rows = field.chunk_rows
+        self.slot_count = slot_count
+        self.buffer = np.zeros((self.rows, *field.shape), field.dtype)
+        self.chunk = -1
+        self.base = 0
+        self.end = 0  # first slot past this chunk
+        self.newest = -1  # newest global row written into the buffer
+        self.dirty = False
+        # Per-row layout: each row's encoded bytes (None: never written) and which rows
+        # changed since they were last encoded.
+        self.encoded: list[bytes | None] = [None] * self.rows
+        self.stale = np.zeros(self.rows, bool)
+
+    def open(self, chunk: int, backend: LocalBackend) -> None:
+        """Start filling ``chunk``, keeping whatever committed rows its file already holds."""
+        self.chunk, self.base = chunk, chunk * self.rows
+        self.end = self.base + self.rows
+        if self.slot_count is not None:
+            self.end = min(self.end, self.slot_count)
+        self.newest, self.dirty = -1, False
+        self.buffer[:] = 0
+        self.encoded = [None] * self.rows
+        self.stale[:] = False
+        key = chunk_key(self.field, chunk)
+        try:
+            data = backend.read(key)
+        except FileNotFoundError:
+            return
+        try:
+            if self.field.codec.per_row:
+                offsets, lengths = parse_shard(data, self.rows, key=key, field=self.field.name)
+                self.encoded = [data[o:o + n] if n else None
+                                for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+            else:
+                decode_chunk(self.field.codec, data, self.buffer, key=key, field=self.field.name)
+        except CorruptChunkError:
+            # A chunk we cannot read holds no committed row we could keep (verify reports it);
+            # start it afresh rather than refuse to write.
+            self.buffer[:] = 0
+            self.encoded = [None] * self.rows
+
+    def encode(self) -> bytes:
+        if not self.field.codec.per_row:
+            return encode_chunk(self.field.codec, self.buffer)
+        for i in np.flatnonzero(self.stale).tolist():
+            self.encoded[i] = encode_row(self.field.codec, self.buffer[i])
+        self.stale[:] = False
+        return encode_shard(self.encoded)
+
+
+class Writer:
+    """Appends rows to a store and commits them; one per store at a time (see lock.py)."""
+
+    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest, *,
+                 commit_every_rows: int, commit_every_seconds: float,
+                 on_commit: Callable[[Manifest], None]) -> None:
+        self.backend = backend
+        self.schema = schema
+        self.manifest = manifest
+        self.capacity = manifest.capacity
+        self.position = manifest.end
+        self.episodes = EpisodeTable(manifest.episodes, manifest.open_episode)
+        self.commit_every_rows = commit_every_rows
+        self.commit_every_seconds = commit_every_seconds
+        self._on_commit = on_commit
+        self._fields = [_FieldBuffer(f, self.capacity) for f in schema]
+        self._reward = schema.names.index("reward")
+        self._terminated = schema.names.index("terminated")
+        self._truncated = schema.names.index("truncated")
+        self._unsynced: set[str] = set()
+        self._last_commit = time.monotonic()
+        self._extent_written = -1
+        self.state: dict[str, Any] = dict(manifest.state)
+
+    @property
+    def pending(self) -> int:
+        """Rows appended since the last commit."""
+        return self.position - self.manifest.end
+
+    def slot(self, row: int) -> int:
+        return row if self.capacity is None else row % self.capacity
+
+    def append(self, values: list[np.ndarray]) -> None:
+        """Append one validated row (values in schema order)."""
+        row = self.position
+        slot = self.slot(row)
+        for buf, value in zip(self._fields, values, strict=True):
+            if not buf.base <= slot < buf.end:
+                self._switch(buf, slot)
+            i = slot - buf.base
+            buf.buffer[i] = value
+            buf.stale[i] = True
+            buf.newest, buf.dirty = row, True
+            if slot + 1 == buf.end:
+                self._flush(buf)
+        self.position = row + 1
+        self.episodes.observe_one(row, float(values[self._reward]),
+                                  bool(values[self._terminated]), bool(values[self._truncated]))
+        self._maybe_autocommit()
+
+    def extend(self, values: list[np.ndarray], count: int) -> None:
+        """Append ``count`` validated rows (arrays in schema order, leading axis = rows)."""
+        first = self.position
+        done = 0
+        while done < count:
+            slot = self.slot(first + done)
+            # Rows until the ring wraps; each field then splits the run at its chunk ends.
+            run = count - done
+            if self.capacity is not None:
+                run = min(run, self.capacity - slot)
+            for buf, array in zip(self._fields, values, strict=True):
+                self._copy_run(buf, array[done:done + run], first + done, slot)
+            done += run
+        self.position = first + count
+        self.episodes.observe(first, values[self._reward], values[self._terminated],
+                              values[self._truncated])
+        self._maybe_autocommit()
+
+    def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, first_row: int, slot: int) -> None:
+        k = 0
+        while k < len(rows):
+            if not buf.base <= slot + k < buf.end:
+                self._switch(buf, slot + k)
+            i = slot + k - buf.base
+            n = min(len(rows) - k, buf.end - (slot + k))
+            buf.buffer[i:i + n] = rows[k:k + n]
+            buf.stale[i:i + n] = True
+            buf.newest, buf.dirty = first_row + k + n - 1, True
+            k += n
+            if slot + k == buf.end:
+                self._flush(buf)
+
+    def _switch(self, buf: _FieldBuffer, slot: int) -> None:
+        if buf.dirty:
+            self._flush(buf)
+        buf.open(slot // buf.rows, self.backend)
+
+    def _flush(self, buf: _FieldBuffer) -> None:
+        if not buf.dirty:
+            return
+        self._guard(buf.newest)
+        key = chunk_key(buf.field, buf.chunk)
+        self.backend.write(key, buf.encode())
+        self._unsynced.add(key)
+        buf.dirty = False
+
+    def _guard(self, newest_row: int) -> None:
+        """Shrink the committed window past the rows a write up to ``newest_row`` replaces."""
+        if self.capacity is None:
+            return
+        first_kept = min(newest_row + 1 - self.capacity, self.manifest.end)
+        if first_kept > self.manifest.start:
+            self._publish(self.manifest.replace(start=first_kept))
+
+    def _maybe_autocommit(self) -> None:
+        pending = self.position - self.manifest.end
+        if pending >= self.commit_every_rows or (
+                pending and time.monotonic() - self._last_commit >= self.commit_every_seconds):
+            self.commit()
+
+    def commit(self) -> Manifest:
+        """Make every appended row durable and visible; returns the new manifest."""
+        for buf in self._fields:
+            self._flush(buf)
+        self._unsynced.update(self.episodes.persist(self.backend))
+        self.backend.sync(sorted(self._unsynced))
+        self._unsynced.clear()
+        end = self.position
+        start = self.manifest.start if self.capacity is None else max(
+            self.manifest.start, end - self.capacity)
+        self._publish(self.manifest.replace(
+            start=start, end=end, episodes=self.episodes.count,
+            open_episode=self.episodes.open_episode, state=dict(self.state)))
+        self._last_commit = time.monotonic()
+        self.sync_array_shapes()
+        return self.manifest
+
+    def _publish(self, manifest: Manifest) -> None:
+        self.manifest = commit_manifest(self.backend, manifest)
+        self._on_commit(self.manifest)
+
+    def sync_array_shapes(self) -> None:
+        """Bring each zarr array's shape to the committed extent (after a commit or a crash).
+
+        zarr readers then see exactly the committed slots. The shapes are derived data, so they
+        are written after the manifest and repaired when a writer opens the store.
+        """
+        extent = self.manifest.extent
+        if extent == self._extent_written:
+            return
+        for field in self.schema:
+            self.backend.write(array_key(field.name), dumps(array_document(field, extent)))
+        self._extent_written = extent
+
+    def set_state(self, name: str, value: Mapping[str, Any]) -> None:
+        """Attach a JSON-able document (sampler or priority state) to the next commit."""
+        self.state[name] = dict(value)
