@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import decode_row, parse_shard
+from .codecs import decode_rows, parse_shard
+from .errors import CorruptChunkError
 from .schema import Field
 
 ChunkLoader = Callable[[int, np.ndarray], None]
@@ -34,7 +35,7 @@ class ChunkPool:
         self.field = field
         self.rows = field.chunk_rows
         self.chunk_nbytes = self.rows * field.row_nbytes
-        self.max_slots = max(1, budget // self.chunk_nbytes)
+        self.max_slots = budget // self.chunk_nbytes  # 0: decode on every read, keep nothing
         self._data = np.empty((0, self.rows, *field.shape), field.dtype)
         self._table = np.full(0, -1, np.int64)
         self._owner = np.full(0, -1, np.int64)
@@ -67,11 +68,16 @@ class ChunkPool:
                           load: ChunkLoader) -> np.ndarray:
         # A batch touching more chunks than the budget holds: serve it chunk by chunk.
         out = np.empty((len(chunks), *self.field.shape), self.field.dtype)
+        scratch = None if self.max_slots else np.empty(self._data.shape[1:], self._data.dtype)
         for chunk in needed:
+            mask = chunks == chunk
+            if scratch is not None:
+                load(int(chunk), scratch)
+                out[mask] = scratch[offsets[mask]]
+                continue
             slot = self._table[chunk]
             if slot < 0:
                 slot = self._load(int(chunk), load)
-            mask = chunks == chunk
             out[mask] = self._data[slot, offsets[mask]]
             self._used[slot] = self._tick
         return out
@@ -126,8 +132,8 @@ class ChunkPool:
 class _Shard:
     key: str
     data: memoryview
-    offsets: np.ndarray
-    lengths: np.ndarray
+    offsets: list[int]
+    lengths: list[int]
 
 
 class ShardCache:
@@ -144,20 +150,30 @@ class ShardCache:
         """Rows at ``slots``, decoding only those rows from their (cached) compressed shards."""
         out = np.empty((len(slots), *self.field.shape), self.field.dtype)
         chunks, offsets = np.divmod(slots, self.rows)
-        name = self.field.name
-        for i, (chunk, offset) in enumerate(zip(chunks.tolist(), offsets.tolist(), strict=True)):
+        # Rows grouped by shard, so each shard is looked up (or loaded) once per batch.
+        order = np.argsort(chunks, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunks[order])) + 1
+        for group in np.split(order, bounds) if len(order) else []:
+            chunk = int(chunks[group[0]])
             shard = self._shards.get(chunk)
             if shard is None:
                 shard = self._load(chunk, load)
             else:
                 self._shards.move_to_end(chunk)
-            decode_row(shard.data, int(shard.offsets[offset]), int(shard.lengths[offset]),
-                       out[i], key=shard.key, field=name)
+            spans = [(shard.offsets[o], shard.lengths[o]) for o in offsets[group].tolist()]
+            if any(length == 0 for _, length in spans):
+                raise CorruptChunkError(f"shard {shard.key!r} of field {self.field.name!r} "
+                                        "lacks a committed row", key=shard.key,
+                                        field=self.field.name)
+            rows = np.empty((len(group), *self.field.shape), self.field.dtype)
+            decode_rows(shard.data, spans, rows, key=shard.key, field=self.field.name)
+            out[group] = rows
         return out
 
     def _load(self, chunk: int, load: ShardLoader) -> _Shard:
         data, key = load(chunk)
-        offsets, lengths = parse_shard(data, self.rows, key=key, field=self.field.name)
+        offsets, lengths = parse_shard(data, self.rows, self.field.row_nbytes, key=key,
+                                       field=self.field.name)
         shard = _Shard(key, memoryview(data), offsets, lengths)
         self._shards[chunk] = shard
         self.nbytes += len(data)

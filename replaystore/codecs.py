@@ -177,18 +177,10 @@ def decode_chunk(codec: Codec, data: bytes | memoryview, out: np.ndarray, *, key
 
 
 def _decompress(payload: memoryview, target: np.ndarray, *, key: str, field: str) -> None:
-    # Check blosc's 16-byte header (uncompressed size at 4:8, compressed size at 12:16) before
-    # handing the buffer to C, so a damaged chunk cannot make it write past ``target``.
+    _check_blosc_header(payload, target.nbytes, key=key, field=field)
     try:
-        if len(payload) < 16:
-            raise ValueError("shorter than a blosc header")
-        nbytes = int.from_bytes(payload[4:8], "little")
-        cbytes = int.from_bytes(payload[12:16], "little")
-        if nbytes != target.nbytes or cbytes != len(payload):
-            raise ValueError(f"header says {nbytes} bytes from {cbytes}, expected "
-                             f"{target.nbytes} bytes from {len(payload)}")
         blosc.decompress(payload, target)
-    except (RuntimeError, ValueError) as exc:
+    except RuntimeError as exc:
         raise CorruptChunkError(f"chunk {key!r} of field {field!r} cannot be decoded: {exc}",
                                 key=key, field=field) from exc
 
@@ -218,12 +210,12 @@ def shard_index_nbytes(rows: int) -> int:
     return rows * 16 + CHECKSUM_BYTES
 
 
-def parse_shard(data: bytes | memoryview, rows: int, *, key: str,
-                field: str) -> tuple[np.ndarray, np.ndarray]:
-    """Check a shard's index and every row's checksum; return (offsets, lengths) per row.
+def parse_shard(data: bytes | memoryview, rows: int, row_nbytes: int, *, key: str,
+                field: str) -> tuple[list[int], list[int]]:
+    """Check a shard's index, every row's checksum and blosc header; return (offsets, lengths).
 
-    Missing rows have length 0. Checking every row once here lets a read decode rows without
-    hashing them again.
+    Missing rows have length 0. Checking every row once here lets a read hand rows straight
+    to the decompressor without hashing or parsing them again.
     """
     view = memoryview(data)
     index_len = shard_index_nbytes(rows)
@@ -242,19 +234,36 @@ def parse_shard(data: bytes | memoryview, rows: int, *, key: str,
     if np.any(offsets + lengths > body) or np.any((lengths < CHECKSUM_BYTES + 16) & ~missing):
         raise CorruptChunkError(f"shard {key!r} of field {field!r}: index points outside the "
                                 "shard", key=key, field=field)
-    for i in np.flatnonzero(~missing):
+    for i in np.flatnonzero(~missing).tolist():
         start, end = int(offsets[i]), int(offsets[i] + lengths[i])
-        if crc_bytes(view[start:end - CHECKSUM_BYTES]) != bytes(view[end - CHECKSUM_BYTES:end]):
+        payload = view[start:end - CHECKSUM_BYTES]
+        if crc_bytes(payload) != bytes(view[end - CHECKSUM_BYTES:end]):
             raise CorruptChunkError(f"shard {key!r} of field {field!r}: row {i} fails its "
                                     "crc32c checksum", key=key, field=field)
-    return offsets, lengths
+        _check_blosc_header(payload, row_nbytes, key=key, field=field)
+    return offsets.tolist(), lengths.tolist()
 
 
-def decode_row(data: memoryview, offset: int, length: int, out: np.ndarray, *, key: str,
-               field: str) -> None:
-    """Decode one already-verified row of a shard into ``out``."""
-    payload = data[offset:offset + length - CHECKSUM_BYTES]
-    _decompress(payload, out.reshape(-1).view(np.uint8), key=key, field=field)
+def _check_blosc_header(payload: memoryview, nbytes: int, *, key: str, field: str) -> None:
+    # blosc's 16-byte header holds the decoded size at 4:8 and the encoded size at 12:16;
+    # checking both before C sees the buffer means a damaged chunk cannot overrun ``out``.
+    if (len(payload) < 16 or int.from_bytes(payload[4:8], "little") != nbytes
+            or int.from_bytes(payload[12:16], "little") != len(payload)):
+        raise CorruptChunkError(f"chunk {key!r} of field {field!r} has a malformed blosc "
+                                f"header (expected {nbytes} bytes decoded)", key=key, field=field)
+
+
+def decode_rows(data: memoryview, spans: list[tuple[int, int]], out: np.ndarray, *, key: str,
+                field: str) -> None:
+    """Decode already-verified rows ``(offset, length)`` of a shard into ``out[i]``."""
+    flat = out.reshape(len(spans), -1).view(np.uint8)
+    decompress = blosc.decompress
+    try:
+        for i, (offset, length) in enumerate(spans):
+            decompress(data[offset:offset + length - CHECKSUM_BYTES], flat[i])
+    except RuntimeError as exc:
+        raise CorruptChunkError(f"shard {key!r} of field {field!r} cannot be decoded: {exc}",
+                                key=key, field=field) from exc
 
 
 def zarr_codecs(codec: Codec, chunk_shape: tuple[int, ...], dtype: np.dtype) -> list[dict]:

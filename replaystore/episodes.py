@@ -63,7 +63,7 @@ class EpisodeTable:
             self.open_return += float(rewards.sum(dtype=np.float64))
             return
         starts = np.concatenate(([0], ends[:-1] + 1))
-        returns = np.add.reduceat(rewards.astype(np.float64), starts)
+        returns = np.add.reduceat(rewards[: ends[-1] + 1].astype(np.float64), starts)
         records = np.zeros(len(ends), RECORD)
         records["start"] = first_row + starts
         records["length"] = ends - starts + 1

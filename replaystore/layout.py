@@ -5,7 +5,8 @@ A store directory::
     zarr.json                      zarr v3 group; attributes["replaystore"] = format version,
                                    schema and capacity
     <field>/zarr.json              one zarr v3 array per field, rows along axis 0
-    <field>/c/<chunk>/0/...        chunk (or shard) files, zarr's default key encoding
+    <field>/c.<chunk>.0...         chunk (or shard) files: zarr's default key encoding with
+                                   the "." separator, so a field's chunks share one folder
     _replaystore/zarr.json         an empty zarr group, so zarr lists the folder without warning
     _replaystore/manifest.json     the commit record (see manifest.py)
     _replaystore/episodes.<block>  finished episodes, 4096 per block (see episodes.py)
@@ -36,7 +37,7 @@ def array_key(name: str) -> str:
 
 
 def chunk_key(field: Field, chunk: int) -> str:
-    return f"{field.name}/c/{chunk}" + "/0" * len(field.shape)
+    return f"{field.name}/c.{chunk}" + ".0" * len(field.shape)
 
 
 def episode_block_key(block: int) -> str:
@@ -73,7 +74,7 @@ def array_document(field: Field, rows: int) -> dict[str, Any]:
         "shape": [rows, *field.shape],
         "data_type": field.dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
         "fill_value": fill,
         "codecs": zarr_codecs(field.codec, tuple(chunk_shape), field.dtype),
         "attributes": {},

@@ -62,9 +62,10 @@ class _FieldBuffer:
             return
         try:
             if self.field.codec.per_row:
-                offsets, lengths = parse_shard(data, self.rows, key=key, field=self.field.name)
+                offsets, lengths = parse_shard(data, self.rows, self.field.row_nbytes, key=key,
+                                               field=self.field.name)
                 self.encoded = [data[o:o + n] if n else None
-                                for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+                                for o, n in zip(offsets, lengths, strict=True)]
             else:
                 decode_chunk(self.field.codec, data, self.buffer, key=key, field=self.field.name)
         except CorruptChunkError:
