@@ -27,6 +27,7 @@ from .layout import FORMAT_VERSION
 from .manifest import Manifest
 from .schema import Field, Schema
 from .store import Store, create, open
+from .summary import summarize
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "Manifest",
     "ReadOnlyError",
     "ReplayStoreError",
+    "Schema",
     "SchemaError",
     "StaleReadError",
     "Store",
@@ -50,4 +52,5 @@ __all__ = [
     "__version__",
     "create",
     "open",
+    "summarize",
 ]

@@ -50,7 +50,7 @@ class Field:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype = field(compare=True)
-    codec: Codec = Codec()
+    codec: Codec = field(default_factory=Codec)
     chunk_rows: int = 0
 
     def __post_init__(self) -> None:

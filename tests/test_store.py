@@ -44,8 +44,7 @@ def test_extend_matches_append(make_store, fields):
 
 
 def test_get_random_sorted_repeated_and_shaped(make_store):
-    store = make_store(chunk_rows_hint := None) if False else make_store(
-        {"obs": {"shape": (2,), "dtype": "float32", "chunk_rows": 8}})
+    store = make_store({"obs": {"shape": (2,), "dtype": "float32", "chunk_rows": 8}})
     rows = rows_for(store.schema, 0, 100)
     store.extend(rows)
     store.commit()
@@ -75,7 +74,8 @@ def test_uncommitted_rows_are_discarded_on_close_and_failed_with_block(make_stor
     store.extend(rows_for(store.schema, 0, 10))
     store.commit()
     path = store.path
-    with pytest.raises(RuntimeError), rs.open(path, "a") if store.close() is None else None as s:
+    store.close()
+    with pytest.raises(RuntimeError), rs.open(path, "a") as s:
         s.extend(rows_for(store.schema, 10, 10))
         raise RuntimeError("training crashed")
     assert len(rs.open(path)) == 10  # a failed block publishes nothing
@@ -199,7 +199,7 @@ def test_auto_commit_by_rows(make_store):
     store = make_store(commit_every_rows=100)
     store.extend(rows_for(store.schema, 0, 250))
     assert len(rs.open(store.path)) == 250  # the 250-row batch crossed the threshold
-    for i, row in enumerate(range(250, 349)):
+    for row in range(250, 349):
         store.append({k: v[0] for k, v in rows_for(store.schema, row, 1).items()})
     assert len(rs.open(store.path)) == 250 and store.pending == 99
     store.append({k: v[0] for k, v in rows_for(store.schema, 349, 1).items()})
@@ -244,7 +244,8 @@ def test_cache_budget_bounds_decoded_bytes(tmp_path):
     budget = 300_000
     reader = rs.open(tmp_path / "s", cache_bytes=budget)
     rng = np.random.default_rng(0)
+    expected = rows_for(store.schema, 0, 20_000)["obs"]
     for _ in range(50):
         idx = rng.integers(0, 20_000, 256)
-        np.testing.assert_array_equal(reader.get(idx)["obs"], rows_for(store.schema, 0, 20_000)["obs"][idx])
+        np.testing.assert_array_equal(reader.get(idx)["obs"], expected[idx])
         assert reader.cached_bytes <= budget + 256 * 64 * 4

@@ -1,0 +1,1 @@
+"""The ``replaystore`` command line (installed as the ``replaystore_cli`` package)."""
