@@ -195,6 +195,7 @@ class Writer:
 
     def commit(self) -> Manifest:
         """Make every appended row durable and visible; returns the new manifest."""
+        self._guard(self.position - 1)  # one shrink for all the flushes below
         for buf in self._fields:
             self._flush(buf)
         self._unsynced.update(self.episodes.persist(self.backend))

@@ -172,18 +172,21 @@ class Verdict:
     opened: bool = False
     start: int = 0
     end: int = 0
+    episodes: int = 0  # finished episodes ever (manifest.episodes)
     rows_checked: int = 0
     lost_rows: int = 0  # committed rows the child printed that the manifest no longer has
     mismatched_rows: int = 0  # committed rows whose bytes differ (or cannot be read)
     episode_errors: int = 0
     zarr_errors: int = 0  # slots where plain zarr disagrees, or cannot read
     zarr_shape_lag: int = 0  # fields whose zarr shape is behind the committed extent
+    writer_errors: int = 0  # the child failed, or resumed somewhere else than verified
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """Nothing committed was lost or wrong (a lagging zarr shape is judged separately)."""
         return (self.opened and not self.lost_rows and not self.mismatched_rows
-                and not self.episode_errors and not self.zarr_errors and not self.zarr_shape_lag)
+                and not self.episode_errors and not self.zarr_errors and not self.writer_errors)
 
     def note(self, message: str) -> None:
         if len(self.problems) < 20:
@@ -230,15 +233,19 @@ def _slot_of(rows: np.ndarray, capacity: int | None) -> np.ndarray:
 
 def _check_window(store: rs.Store, printed_end: int, capacity: int | None, v: Verdict) -> None:
     m = store.manifest
-    v.start, v.end = m.start, m.end
+    v.start, v.end, v.episodes = m.start, m.end, m.episodes
     if m.end < printed_end:
         v.lost_rows = printed_end - m.end
         v.note(f"manifest end {m.end} is behind the committed end {printed_end} the writer printed")
+    if capacity is None and m.start != 0:
+        v.note(f"an unbounded store starts at row {m.start}, not 0")
+        v.lost_rows += m.start
     if m.capacity != capacity:
         v.note(f"manifest capacity {m.capacity}, expected {capacity}")
         v.mismatched_rows += m.rows
     if len(store) != m.rows or (capacity is not None and m.rows > capacity):
         v.note(f"len(store) {len(store)} does not fit window [{m.start}, {m.end})")
+        v.mismatched_rows += 1
     want = _slot_of(np.arange(m.start, m.end, dtype=np.int64), capacity)
     if not np.array_equal(store.slots(), want):
         v.note("store.slots() does not list the committed window oldest first")
@@ -250,8 +257,13 @@ def _check_window(store: rs.Store, printed_end: int, capacity: int | None, v: Ve
             store.get([outside])
         except IndexError:
             pass
+        except Exception as exc:
+            v.note(f"reading slot {outside} outside the committed window raised {exc!r}, "
+                   "not IndexError")
+            v.mismatched_rows += 1
         else:
             v.note(f"slot {outside} outside the committed window was served")
+            v.mismatched_rows += 1
 
 
 def _check_rows(store: rs.Store, v: Verdict) -> None:
@@ -320,7 +332,10 @@ def _check_zarr(store: rs.Store, rng: random.Random, v: Verdict) -> None:
         v.zarr_errors += len(rows)
         v.note(f"zarr.open_group failed: {exc!r}")
         return
-    ours = store.get(slots) if len(slots) else None
+    try:
+        ours = store.get(slots) if len(slots) else None
+    except Exception:
+        ours = None  # _check_rows has reported it; compare zarr with the ground truth alone
     for name, array in want.items():
         try:
             zarray = group[name]
@@ -348,3 +363,49 @@ def _check_zarr(store: rs.Store, rng: random.Random, v: Verdict) -> None:
             v.zarr_errors += int(bad.sum())
             v.note(f"zarr array {name!r}: {int(bad.sum())} committed slots differ, first slot "
                    f"{int(slots[visible][np.argmax(bad)])}")
+
+
+# -- a store through many kill/restart cycles ----------------------------------------------------
+
+
+class Lineage:
+    """One store driven through kill/restart cycles: each cycle runs a writer child, kills it
+    with SIGKILL and verifies the store. The first cycle creates the store."""
+
+    def __init__(self, path: Path, *, capacity: int | None, mode: str, seed: int,
+                 log_dir: Path) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.mode = mode
+        self.rng = random.Random(seed)
+        self.log_dir = log_dir
+        self.cycles = 0
+        self.window: tuple[int, int] | None = None  # (start, end) verified after the last kill
+
+    def cycle(self, delay_s: float, *, wait_for_commit: bool = True,
+              check_zarr: bool = True) -> tuple[Cycle, Verdict]:
+        """Run, kill and verify once; the verdict also covers where the child resumed."""
+        fresh = not self.path.exists()
+        if not wait_for_commit and fresh:
+            wait_for_commit = True  # a kill inside create() leaves no store to check
+        run = run_and_kill(self.path, seed=self.rng.randrange(1 << 30), capacity=self.capacity,
+                           mode=self.mode, delay_s=delay_s, log_dir=self.log_dir,
+                           wait_for_commit=wait_for_commit)
+        self.cycles += 1
+        if fresh and not self.path.exists():
+            verdict = Verdict(writer_errors=1)
+            verdict.note(f"the child made no store ({run.error})")
+            return run, verdict
+        verdict = verify_store(self.path, run.printed_end, capacity=self.capacity, rng=self.rng,
+                               check_zarr=check_zarr)
+        if run.error:
+            verdict.writer_errors += 1
+            verdict.note(f"writer child: {run.error}")
+        expected_open = self.window if self.window is not None else (0, 0)
+        if run.opened_at is not None and run.opened_at != expected_open:
+            verdict.note(f"the writer resumed at window {run.opened_at}, but the store was "
+                         f"verified at {expected_open} after the previous kill")
+            verdict.writer_errors += 1
+        if verdict.opened:
+            self.window = (verdict.start, verdict.end)
+        return run, verdict

@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from checks import MODES, ROW_LIMIT, expected_rows, store_fields
 
 import replaystore as rs
-from checks import MODES, ROW_LIMIT, expected_rows, store_fields
 
 
 def report(kind: str, manifest: rs.Manifest) -> None:
