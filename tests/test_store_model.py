@@ -89,6 +89,7 @@ class StoreModel(RuleBasedStateMachine):
                 np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
-StoreModel.TestCase.settings = settings(max_examples=int(os.environ.get("RS_MODEL_EXAMPLES", 40)), stateful_step_count=12, deadline=None,
-                                        suppress_health_check=[HealthCheck.too_slow])
+StoreModel.TestCase.settings = settings(
+    max_examples=int(os.environ.get("RS_MODEL_EXAMPLES", 40)), stateful_step_count=12,
+    deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_store_model = StoreModel.TestCase
