@@ -4,9 +4,12 @@ Two layouts, both plain zarr v3:
 
 ``chunks``
     A chunk holds ``chunk_rows`` consecutive rows, encoded as ``bytes`` (little endian), an
-    optional ``blosc`` compressor, then ``crc32c``. Small vector fields default to no
-    compressor ("raw"): float observations barely compress (1.1-1.3x) and a raw chunk decodes
-    at memcpy speed.
+    optional ``blosc`` compressor, then ``crc32c``. Small float fields default to no
+    compressor ("raw"): measured on float32[17] chunks, blosc-lz4 with byte shuffle gives
+    1.05x on i.i.d. values and 1.25x on random-walk observations, while writing raw costs
+    nothing; small integer and bool fields (flags, discrete actions) default to ``lz4:1``,
+    which shrinks them 10-100x at 0.7-1.9 GB/s encode and 3.7-6.8 GB/s decode. Decoded chunks
+    are cached, so the codec only matters for disk size and cold reads.
 ``rows``
     A zarr v3 shard of ``chunk_rows`` rows whose inner chunks are single rows, each compressed on
     its own (``bytes`` → ``blosc`` → ``crc32c``), with the shard index (offset, length per row,
@@ -105,10 +108,14 @@ class Codec:
         return cls(str(doc["name"]), int(doc["level"]), bool(doc["per_row"]))  # type: ignore[call-overload]
 
 
-def default_codec(row_nbytes: int) -> Codec:
-    """Raw chunks for small rows; per-row lz4hc for image-like rows (>= 1 KiB)."""
+def default_codec(row_nbytes: int, kind: str = "f") -> Codec:
+    """Per-row lz4hc for image-like rows (>= 1 KiB); lz4:1 chunks for small integer and bool
+    fields (flags and discrete actions compress 10-100x at ~1 GB/s); raw chunks for small
+    float fields, which compress 1.05-1.25x at best."""
     if row_nbytes >= ROWS_LAYOUT_MIN_BYTES:
         return Codec("lz4hc", 5, per_row=True)
+    if kind in "biu":
+        return Codec("lz4", 1)
     return Codec()
 
 

@@ -165,7 +165,8 @@ def _parse_field(name: str, spec: FieldSpec) -> Field:
     if isinstance(shape, int):
         shape = (shape,)
     probe = Field(name, shape, dtype)
-    parsed = Codec.parse(codec) if codec is not None else default_codec(probe.row_nbytes)
+    parsed = Codec.parse(codec) if codec is not None else default_codec(probe.row_nbytes,
+                                                                        probe.dtype.kind)
     return Field(name, probe.shape, probe.dtype, parsed, chunk_rows or 0)
 
 
