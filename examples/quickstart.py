@@ -50,7 +50,7 @@ def main() -> None:
 
     store = rs.open(args.path)  # a reader, as another process would open it
     batch = store.get(np.random.default_rng(1).integers(0, len(store), 256))
-    print(f"sampled a batch: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in batch.items()))
+    print("sampled a batch: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in batch.items()))
     episodes = store.episodes
     print(f"{len(store):,} rows, {len(episodes):,} episodes, mean return "
           f"{episodes['return'].mean():.1f}, mean length {episodes['length'].mean():.1f}")
