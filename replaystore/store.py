@@ -27,6 +27,7 @@ from .layout import (
     GROUP,
     LOCK,
     MANIFEST,
+    META,
     META_GROUP,
     array_document,
     array_key,
@@ -261,7 +262,7 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
     root = Path(path)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        if not overwrite:
+        if not (overwrite or _interrupted_create(root)):
             raise StoreExistsError(f"cannot create a store at {str(root)!r}: it exists and is "
                                    "not empty (pass overwrite=True to replace it)")
         _remove_store(root)
@@ -305,6 +306,9 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
     if not root.is_dir():
         raise StoreNotFoundError(f"no replay store at {str(root)!r}: not a directory")
     backend = LocalBackend(root)
+    if _interrupted_create(root):
+        raise StoreNotFoundError(f"no replay store at {str(root)!r}: a create() was interrupted "
+                                 "before its first commit; create the store again")
     lock = backend.lock(LOCK) if mode == "a" else None
     try:
         manifest = load_manifest(backend)
@@ -355,8 +359,14 @@ def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:
         raise ValueError(f"commit_every_seconds must be positive, got {seconds!r}")
 
 
+def _interrupted_create(root: Path) -> bool:
+    """A folder left by a create() that died before its first commit record."""
+    return ((root / META).is_dir() and not (root / MANIFEST).exists()
+            and LocalBackend(root).lock_holder(LOCK) is None)
+
+
 def _remove_store(root: Path) -> None:
-    if not (root / MANIFEST).exists() and not (root / GROUP).exists():
+    if not any((root / key).exists() for key in (MANIFEST, GROUP, META)):
         raise StoreExistsError(f"refusing to overwrite {str(root)!r}: it holds files but no "
                                "replay store")
     shutil.rmtree(root)

@@ -13,7 +13,7 @@ committed rows is written, the committed window is shrunk past them with a manif
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -227,7 +227,3 @@ class Writer:
         for field in self.schema:
             self.backend.write(array_key(field.name), dumps(array_document(field, extent)))
         self._extent_written = extent
-
-    def set_state(self, name: str, value: Mapping[str, Any]) -> None:
-        """Attach a JSON-able document (sampler or priority state) to the next commit."""
-        self.state[name] = dict(value)

@@ -139,3 +139,13 @@ def test_failed_commit_keeps_last_commit(make_store, monkeypatch):
     assert len(reader) == 10
     np.testing.assert_array_equal(reader.get(np.arange(10))["obs"],
                                   rows_for(store.schema, 0, 10)["obs"])
+
+
+def test_interrupted_create_can_be_created_again(tmp_path):
+    path = tmp_path / "s"
+    rs.create(path, {"obs": ((1,), "float32")}).close()
+    (path / MANIFEST).unlink()  # as if killed before the first commit record
+    with pytest.raises(rs.StoreNotFoundError, match="create\\(\\) was interrupted"):
+        rs.open(path)
+    store = rs.create(path, {"obs": ((2,), "float32")})  # no overwrite=True needed
+    assert store.schema["obs"].shape == (2,)

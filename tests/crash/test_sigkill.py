@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checks import MODES, Lineage
+from checks import MODES, Lineage, expected_rows, store_fields, verify_store
+
+import replaystore as rs
 
 # (capacity or None, writer mode, kills); the kills add up to at least MIN_KILLS.
 CASES = {
@@ -30,16 +32,36 @@ CASES = {
     "ring1000-extend": (1000, "extend", 7),
 }
 MIN_KILLS = 60
-# Known issue: the writer updates each field's zarr.json shape *after* replacing the manifest
-# (Writer.sync_array_shapes), so a kill in between leaves plain zarr readers seeing fewer rows
-# than are committed until a writer reopens the store. Such cycles end the case as an xfail once
-# every other check has passed; set this to False to make them fail.
-ZARR_SHAPE_LAG_IS_KNOWN = True
+# Accepted by design (README, "On disk"): each field's zarr.json shape is brought to the
+# committed extent just *after* the manifest is replaced, so after a kill in between, plain zarr
+# shows the previous commit's rows until a writer reopens the store (verify_store still fails if
+# zarr ever shows more rows than are committed, or different bytes).
+# Not asserted: in a ring, zarr (which knows no committed window) also shows the slots outside
+# it, which after a kill often hold rows that were written but never committed
+# (Verdict.zarr_uncommitted; stress/kill.py counts them).
 
 
 def test_enough_kills() -> None:
     assert sum(kills for _, _, kills in CASES.values()) >= MIN_KILLS
     assert {mode for _, mode, _ in CASES.values()} == set(MODES)
+
+
+@pytest.mark.parametrize("capacity", [None, 50, 997])
+def test_checks_accept_an_uninterrupted_store(tmp_path: Path, capacity: int | None) -> None:
+    """The ground truth agrees with a store written in-process without any crash."""
+    rng = random.Random(capacity)
+    path = tmp_path / "store"
+    store = rs.create(path, store_fields(rng), capacity=capacity, commit_every_rows=2500)
+    row = 0
+    while row < 5000:
+        count = rng.choice([1, 5, 64, 700])
+        store.extend(expected_rows(range(row, row + count)))
+        row += count
+    end = store.commit().end
+    store.close()
+    verdict = verify_store(path, end, capacity=capacity)
+    assert verdict.ok and not verdict.zarr_shape_lag, verdict.problems
+    assert verdict.end == end and verdict.episodes > 500
 
 
 @pytest.mark.parametrize(("capacity", "mode", "kills"), list(CASES.values()), ids=list(CASES))
@@ -48,16 +70,9 @@ def test_kill_restart_cycles(tmp_path: Path, capacity: int | None, mode: str, ki
     rng = random.Random(seed)
     lineage = Lineage(tmp_path / "store", capacity=capacity, mode=mode, seed=seed,
                       log_dir=tmp_path / "logs")
-    lagged = []
     for i in range(kills):
         run, verdict = lineage.cycle(rng.uniform(0.02, 0.4))
         context = f"cycle {i} (printed end {run.printed_end}): " + "; ".join(verdict.problems)
         assert run.killed, context
         assert verdict.ok, context
         assert verdict.end >= run.printed_end > 0, context
-        if verdict.zarr_shape_lag:
-            assert ZARR_SHAPE_LAG_IS_KNOWN, context
-            lagged.append(f"cycle {i}: end {verdict.end}")
-    if lagged:
-        pytest.xfail(f"known issue: zarr shapes lagged the manifest after {len(lagged)} of "
-                     f"{kills} kills ({', '.join(lagged)})")
