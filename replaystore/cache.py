@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codecs import decode_rows, parse_shard
-from .errors import CorruptChunkError
 from .schema import Field
 
 ChunkLoader = Callable[[int, np.ndarray], None]
@@ -130,6 +129,8 @@ class ChunkPool:
 
 @dataclass
 class _Shard:
+    """A shard's compressed bytes and the (offset, length) of each row; length 0: missing."""
+
     key: str
     data: memoryview
     offsets: list[int]
@@ -150,25 +151,20 @@ class ShardCache:
         """Rows at ``slots``, decoding only those rows from their (cached) compressed shards."""
         out = np.empty((len(slots), *self.field.shape), self.field.dtype)
         chunks, offsets = np.divmod(slots, self.rows)
-        # Rows grouped by shard, so each shard is looked up (or loaded) once per batch.
-        order = np.argsort(chunks, kind="stable")
-        bounds = np.flatnonzero(np.diff(chunks[order])) + 1
-        for group in np.split(order, bounds) if len(order) else []:
-            chunk = int(chunks[group[0]])
-            shard = self._shards.get(chunk)
-            if shard is None:
-                shard = self._load(chunk, load)
-            else:
-                self._shards.move_to_end(chunk)
-            spans = [(shard.offsets[o], shard.lengths[o]) for o in offsets[group].tolist()]
-            if any(length == 0 for _, length in spans):
-                raise CorruptChunkError(f"shard {shard.key!r} of field {self.field.name!r} "
-                                        "lacks a committed row", key=shard.key,
-                                        field=self.field.name)
-            rows = np.empty((len(group), *self.field.shape), self.field.dtype)
-            decode_rows(shard.data, spans, rows, key=shard.key, field=self.field.name)
-            out[group] = rows
+        chunk_list = chunks.tolist()
+        # Look each shard up (or load it) once per batch; holding them here keeps a shard
+        # usable even if a later load of this batch evicts it from the cache.
+        shards = {chunk: self._get(chunk, load) for chunk in dict.fromkeys(chunk_list)}
+        decode_rows([shards[c] for c in chunk_list], offsets.tolist(), out,
+                    field=self.field.name)
         return out
+
+    def _get(self, chunk: int, load: ShardLoader) -> _Shard:
+        shard = self._shards.get(chunk)
+        if shard is None:
+            return self._load(chunk, load)
+        self._shards.move_to_end(chunk)
+        return shard
 
     def _load(self, chunk: int, load: ShardLoader) -> _Shard:
         data, key = load(chunk)
