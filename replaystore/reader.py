@@ -37,11 +37,19 @@ class Reader:
             f.name: (ShardCache if f.codec.per_row else ChunkPool)(
                 f, cache_bytes * f.row_nbytes // total)
             for f in schema}
+        self._reserve()
 
     @property
     def cached_bytes(self) -> int:
         """Bytes held by the caches now."""
         return sum(c.nbytes for c in self._caches.values())
+
+    def _reserve(self) -> None:
+        extent = self.manifest.extent
+        for field in self.schema:
+            cache = self._caches[field.name]
+            if isinstance(cache, ChunkPool):
+                cache.reserve(-(-extent // field.chunk_rows))
 
     def check_slots(self, slots: np.ndarray) -> None:
         """Raise IndexError unless every slot holds a committed row of this snapshot."""
@@ -117,6 +125,7 @@ class Reader:
         """Move to ``manifest`` (default: the newest on disk); True if anything changed."""
         new = manifest if manifest is not None else load_manifest(self.backend)
         old, self.manifest = self.manifest, new
+        self._reserve()
         if new.generation != old.generation:
             for cache in self._caches.values():
                 cache.clear()
