@@ -59,7 +59,11 @@ def write_vector(path: Path, rows: int) -> dict:
     store = rs.create(path, VECTOR_FIELDS, commit_every_rows=1 << 40)
     one_by_one = min(100_000, rows // 2)
     batch = next(vector_batches(one_by_one, one_by_one))
-    values = [{k: v[i] for k, v in batch.items()} for i in range(one_by_one)]
+    # As an environment hands them over: numpy observations, Python float and bools.
+    values = [{"obs": batch["obs"][i], "action": batch["action"][i],
+               "next_obs": batch["next_obs"][i], "reward": float(batch["reward"][i]),
+               "terminated": bool(batch["terminated"][i]), "truncated": bool(batch["truncated"][i])}
+              for i in range(one_by_one)]
     start = time.perf_counter()
     for row in values:
         store.append(row)
@@ -86,7 +90,7 @@ def write_image(path: Path, rows: int) -> dict:
     start = time.perf_counter()
     for i, frame in enumerate(frames):
         store.append(obs=frame, action=i % 6, reward=0.0, terminated=False,
-                     truncated=i % 1000 == 999)
+                     truncated=i % 1000 == 999)  # Python scalars, as from an environment
     append_rate = one_by_one / (time.perf_counter() - start)
     spent, done = 0.0, one_by_one
     while done < rows:
