@@ -1,4 +1,4 @@
-"""Click parameter types: a bad store path is a usage error (exit 2) naming the path."""
+"""Click parameter types: a path that holds no store is a usage error (exit 2) naming it."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ import click
 
 
 class StorePath(click.ParamType):
-    """A path to an existing replay store (a folder holding ``_replaystore/manifest.json``)."""
+    """A path to an existing replay store."""
 
     name = "store"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
-        path = Path(value)
-        if not path.is_dir():
-            self.fail(f"{str(path)!r} is not a directory", param, ctx)
-        if not (path / "_replaystore" / "manifest.json").is_file():
-            self.fail(f"{str(path)!r} holds no replay store", param, ctx)
-        return path
+        import replaystore as rs
+
+        try:
+            rs.open(value).close()
+        except rs.StoreNotFoundError as exc:
+            self.fail(str(exc), param, ctx)
+        return Path(value)
 
 
 STORE = StorePath()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -43,6 +44,21 @@ class LocalBackend:
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
+
+    def is_container(self) -> bool:
+        """Whether the root exists as a folder (object stores: the prefix is usable)."""
+        return self.root.is_dir()
+
+    def is_empty(self) -> bool:
+        """Whether nothing at all is stored under the root (a missing root is empty)."""
+        return not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
+
+    def make_container(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def destroy(self) -> None:
+        """Delete the root and everything under it."""
+        shutil.rmtree(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

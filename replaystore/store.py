@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +26,6 @@ from .layout import (
     GROUP,
     LOCK,
     MANIFEST,
-    META,
     META_GROUP,
     array_document,
     array_key,
@@ -260,14 +258,16 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
         raise SchemaError(f"capacity must be a positive integer or None, got {capacity!r}")
     capacity = None if capacity is None else int(capacity)
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
-    root = Path(path)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        if not (overwrite or _interrupted_create(root)):
-            raise StoreExistsError(f"cannot create a store at {str(root)!r}: it exists and is "
+    backend = LocalBackend(path)
+    if not backend.is_empty():
+        if not (overwrite or _interrupted_create(backend)):
+            raise StoreExistsError(f"cannot create a store at {str(path)!r}: it exists and is "
                                    "not empty (pass overwrite=True to replace it)")
-        _remove_store(root)
-    root.mkdir(parents=True, exist_ok=True)
-    backend = LocalBackend(root)
+        if not any(backend.exists(key) for key in (MANIFEST, GROUP, LOCK)):
+            raise StoreExistsError(f"refusing to overwrite {str(path)!r}: it holds files but "
+                                   "no replay store")
+        backend.destroy()
+    backend.make_container()
     lock = backend.lock(LOCK)
     try:
         backend.write(GROUP, dumps(group_document(schema, capacity)))
@@ -302,12 +302,11 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
-    root = Path(path)
-    if not root.is_dir():
-        raise StoreNotFoundError(f"no replay store at {str(root)!r}: not a directory")
-    backend = LocalBackend(root)
-    if _interrupted_create(root):
-        raise StoreNotFoundError(f"no replay store at {str(root)!r}: a create() was interrupted "
+    backend = LocalBackend(path)
+    if not backend.is_container():
+        raise StoreNotFoundError(f"no replay store at {str(path)!r}: not a directory")
+    if _interrupted_create(backend):
+        raise StoreNotFoundError(f"no replay store at {str(path)!r}: a create() was interrupted "
                                  "before its first commit; create the store again")
     lock = backend.lock(LOCK) if mode == "a" else None
     try:
@@ -359,14 +358,7 @@ def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:
         raise ValueError(f"commit_every_seconds must be positive, got {seconds!r}")
 
 
-def _interrupted_create(root: Path) -> bool:
+def _interrupted_create(backend: LocalBackend) -> bool:
     """A folder left by a create() that died before its first commit record."""
-    return ((root / META).is_dir() and not (root / MANIFEST).exists()
-            and LocalBackend(root).lock_holder(LOCK) is None)
-
-
-def _remove_store(root: Path) -> None:
-    if not any((root / key).exists() for key in (MANIFEST, GROUP, META)):
-        raise StoreExistsError(f"refusing to overwrite {str(root)!r}: it holds files but no "
-                               "replay store")
-    shutil.rmtree(root)
+    return (backend.exists(LOCK) and not backend.exists(MANIFEST)
+            and backend.lock_holder(LOCK) is None)
