@@ -41,7 +41,7 @@ def test_info_json(store_path):
 
 def test_info_usage_errors_exit_2(tmp_path):
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "is not a directory" in result.output
+    assert result.exit_code == 2 and "not a directory" in result.output
     result = CliRunner().invoke(cli, ["info", str(tmp_path)])
     assert result.exit_code == 2 and "manifest.json is missing" in result.output
 
