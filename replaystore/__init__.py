@@ -25,6 +25,17 @@ from .errors import (
 )
 from .layout import FORMAT_VERSION
 from .manifest import Manifest
+from .priority import PriorityIndex
+from .sampling import (
+    Batch,
+    EpisodeSampler,
+    Linear,
+    PrioritizedSampler,
+    Sampler,
+    SequenceSampler,
+    UniformSampler,
+    nstep,
+)
 from .schema import Field, Schema
 from .store import Store, create, open
 from .summary import summarize
@@ -33,24 +44,33 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "Batch",
     "ClosedError",
     "Codec",
     "CorruptChunkError",
     "CorruptStoreError",
+    "EpisodeSampler",
     "Field",
     "FormatVersionError",
+    "Linear",
     "Manifest",
+    "PrioritizedSampler",
+    "PriorityIndex",
     "ReadOnlyError",
     "ReplayStoreError",
+    "Sampler",
     "Schema",
     "SchemaError",
+    "SequenceSampler",
     "StaleReadError",
     "Store",
     "StoreExistsError",
     "StoreNotFoundError",
+    "UniformSampler",
     "WriterLockedError",
     "__version__",
     "create",
+    "nstep",
     "open",
     "summarize",
 ]

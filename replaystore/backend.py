@@ -3,7 +3,10 @@
 Keys are ``/``-separated relative names (``obs/c/3/0``, ``_replaystore/manifest.json``). The
 verbs are few on purpose, so that an object-storage backend can implement the same set later:
 ``read``, ``write`` (atomic replace), ``sync`` (make earlier writes durable), ``exists``,
-``size``, ``delete``, ``list``, and ``lock`` for the single-writer lock.
+``size``, ``delete``, ``list``, and ``lock`` for the single-writer lock. The priority index
+needs three more that only local storage offers: ``allocate`` (a sparse file), ``memmap`` and
+``open_log`` (an append-only undo log); an object-storage backend keeps that index on local
+disk.
 
 Unlike zarr's local store, ``write`` never exposes a half-written file (it writes a temporary
 file and renames it over the key) and durable writes fsync the file before the rename and the
@@ -18,6 +21,9 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 from .errors import CorruptStoreError
 from .lock import WriterLock
@@ -148,6 +154,30 @@ class LocalBackend:
                     (Path(dirpath) / name).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def allocate(self, key: str, nbytes: int) -> None:
+        """Create ``key`` as ``nbytes`` zero bytes without writing them (a sparse file)."""
+        path = self._path(key)
+        self._make_parent(path)
+        with open(path, "wb") as f:
+            f.truncate(nbytes)
+            os.fsync(f.fileno())
+        self._fsync_dir(path.parent)
+
+    def memmap(self, key: str, dtype: str, shape: tuple[int, ...], *,
+               writable: bool) -> np.memmap:
+        """Map ``key`` into memory, shared with every other process that maps it."""
+        path = self._path(key)
+        if path.is_symlink():
+            raise CorruptStoreError(f"refusing to map {key!r}: it is a symbolic link", key=key)
+        return np.memmap(path, dtype=dtype, mode="r+" if writable else "r", shape=shape)
+
+    def open_log(self, key: str) -> BinaryIO:
+        """An append-only handle on ``key`` (created if missing), for undo logs."""
+        path = self._path(key)
+        self._make_parent(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        return os.fdopen(fd, "ab")
 
     def lock(self, key: str) -> WriterLock:
         """Take the exclusive single-writer lock stored at ``key`` (raises if another holds it)."""

@@ -110,8 +110,13 @@ class EpisodeTable:
             self._tail = np.concatenate((block, self._tail))
             self._tail_loaded = True
 
-    def finished(self, backend: LocalBackend, first_row: int = 0) -> np.ndarray:
-        """Finished episodes whose first row is still stored (global row >= ``first_row``)."""
+    def finished(self, backend: LocalBackend, first_row: int = 0, *,
+                 clip: bool = False) -> np.ndarray:
+        """Finished episodes whose first row is still stored (global row >= ``first_row``).
+
+        With ``clip``, also the episode whose first rows were overwritten, shortened to the rows
+        still stored.
+        """
         self._load_tail(backend)
         blocks = []
         for block in range(self._tail_base // BLOCK - 1, -1, -1):
@@ -120,7 +125,13 @@ class EpisodeTable:
             if records["start"][0] < first_row:
                 break
         table = np.concatenate([*reversed(blocks), self._tail[: self.count - self._tail_base]])
-        return table[table["start"] >= first_row][PUBLIC_FIELDS]
+        if not clip:
+            return table[table["start"] >= first_row][PUBLIC_FIELDS]
+        table = table[table["start"] + table["length"] > first_row]
+        cut = np.maximum(first_row - table["start"], 0)
+        table["start"] += cut
+        table["length"] -= cut
+        return table[PUBLIC_FIELDS]
 
 
 def read_block(backend: LocalBackend, block: int) -> np.ndarray:

@@ -51,18 +51,20 @@ class Reader:
             if isinstance(cache, ChunkPool):
                 cache.reserve(-(-extent // field.chunk_rows))
 
-    def check_slots(self, slots: np.ndarray) -> None:
-        """Raise IndexError unless every slot holds a committed row of this snapshot."""
+    def committed_mask(self, slots: np.ndarray) -> np.ndarray:
+        """True where a slot holds a committed row of this snapshot."""
         m = self.manifest
         if m.capacity is None:
-            bad = (slots < m.start) | (slots >= m.end)
-        else:
-            bad = (slots < 0) | (slots >= m.capacity) | (
-                (slots - m.start) % m.capacity >= m.rows)
+            return (slots >= m.start) & (slots < m.end)
+        return (slots >= 0) & (slots < m.capacity) & ((slots - m.start) % m.capacity < m.rows)
+
+    def check_slots(self, slots: np.ndarray) -> None:
+        """Raise IndexError unless every slot holds a committed row of this snapshot."""
+        bad = ~self.committed_mask(slots)
         if bad.any():
             first = slots[np.argmax(bad)]
             raise IndexError(f"slot {int(first)} holds no committed row: the store has "
-                             f"{m.rows} rows ({self.describe_window()})")
+                             f"{self.manifest.rows} rows ({self.describe_window()})")
 
     def describe_window(self) -> str:
         m = self.manifest
@@ -124,6 +126,8 @@ class Reader:
     def refresh(self, manifest: Manifest | None = None) -> bool:
         """Move to ``manifest`` (default: the newest on disk); True if anything changed."""
         new = manifest if manifest is not None else load_manifest(self.backend)
+        if new.commit_seq == self.manifest.commit_seq:
+            return False
         old, self.manifest = self.manifest, new
         self._reserve()
         if new.generation != old.generation:

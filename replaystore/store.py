@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import priority
 from .backend import LocalBackend
+from .commitstate import CommitState
 from .episodes import EpisodeTable
 from .errors import (
     ClosedError,
@@ -35,6 +37,7 @@ from .layout import (
 )
 from .lock import WriterLock
 from .manifest import Manifest, commit_manifest, load_manifest
+from .priority import PriorityIndex
 from .reader import Reader
 from .schema import FieldSpec, Schema
 from .writer import Writer
@@ -76,13 +79,15 @@ class Store:
         self.mode = mode
         self._lock = lock
         self._reader = Reader(backend, schema, manifest, cache_bytes)
+        self._state = CommitState(backend, self._reader, writable=mode == "a")
         self._writer: Writer | None = None
         self._closed = False
         if mode == "a":
             self._writer = Writer(backend, schema, manifest, commit_every_rows=commit_every_rows,
-                                  commit_every_seconds=commit_every_seconds,
-                                  on_commit=self._reader.refresh)
+                                  commit_every_seconds=commit_every_seconds, hooks=self._state)
             self._writer.sync_array_shapes()
+            if priority.exists(backend):
+                self._state.priority_index(None)  # repairs the index after a crash
 
     # -- description ---------------------------------------------------------------------
 
@@ -121,9 +126,12 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _require_writer(self) -> Writer:
+    def _require_open(self) -> None:
         if self._closed:
             raise ClosedError(f"store {str(self.path)!r} is closed")
+
+    def _require_writer(self) -> Writer:
+        self._require_open()
         if self._writer is None:
             raise ReadOnlyError(f"store {str(self.path)!r} is open for reading; "
                                 "open it with mode='a' to append")
@@ -160,8 +168,7 @@ class Store:
         ``indices`` may be any integer array-like (random, sorted, repeated). Slots that hold no
         committed row raise IndexError; ``fields`` limits the fields read.
         """
-        if self._closed:
-            raise ClosedError(f"store {str(self.path)!r} is closed")
+        self._require_open()
         slots = np.asarray(indices)
         if slots.dtype.kind not in "iu":
             if slots.size == 0:
@@ -188,16 +195,51 @@ class Store:
         table = EpisodeTable(m.episodes, m.open_episode)
         return table.finished(self._backend, m.start)
 
+    def episode_table(self, *, clip: bool = False) -> np.ndarray:
+        """Like :attr:`episodes`; with ``clip``, also the oldest episode's surviving rows when
+        the ring overwrote its beginning."""
+        m = self._reader.manifest
+        return EpisodeTable(m.episodes, m.open_episode).finished(self._backend, m.start,
+                                                                 clip=clip)
+
+    def committed_mask(self, indices: Any) -> np.ndarray:
+        """True for each slot that holds a committed row."""
+        return self._reader.committed_mask(np.asarray(indices, dtype=np.int64))
+
     def refresh(self) -> bool:
         """Move this reader to the newest commit; True if it changed."""
         if self._writer is not None:
             return False
         return self._reader.refresh()
 
+    # -- priorities and samplers ----------------------------------------------------------
+
+    def priority_index(self, alpha: float | None = None) -> PriorityIndex:
+        """The store's memory-mapped priority index (see :mod:`replaystore.priority`).
+
+        A store opened for writing creates it on first use, giving every committed row the
+        priority 1; ``alpha`` (default 0.6) is fixed when it is created. Readers map it
+        read-only and see the writer's updates as they happen.
+        """
+        self._require_open()
+        return self._state.priority_index(alpha)
+
+    def sampler_state(self, name: str) -> dict[str, Any] | None:
+        """The state a sampler named ``name`` had at the last commit, if any."""
+        return self._reader.manifest.state.get("samplers", {}).get(name)
+
+    def register_sampler(self, name: str, sampler: Any) -> None:
+        """Save ``sampler.state_dict()`` under ``name`` with every commit (writers only)."""
+        if self._writer is not None:
+            self._state.samplers[name] = sampler
+
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the writer lock; uncommitted rows are discarded (call commit() first)."""
+        if self._closed:
+            return
+        self._state.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

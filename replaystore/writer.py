@@ -13,8 +13,7 @@ committed rows is written, the committed window is shrunk past them with a manif
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -83,12 +82,20 @@ class _FieldBuffer:
         return encode_shard(self.encoded)
 
 
+class PublishHooks(Protocol):
+    """What the store does around each manifest replacement (priority index, samplers)."""
+
+    def before_publish(self, old: Manifest, new: Manifest, full: bool) -> Manifest: ...
+
+    def after_publish(self, manifest: Manifest, full: bool) -> None: ...
+
+
 class Writer:
     """Appends rows to a store and commits them; one per store at a time (see lock.py)."""
 
     def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest, *,
                  commit_every_rows: int, commit_every_seconds: float,
-                 on_commit: Callable[[Manifest], None]) -> None:
+                 hooks: PublishHooks) -> None:
         self.backend = backend
         self.schema = schema
         self.manifest = manifest
@@ -97,7 +104,7 @@ class Writer:
         self.episodes = EpisodeTable(manifest.episodes, manifest.open_episode)
         self.commit_every_rows = commit_every_rows
         self.commit_every_seconds = commit_every_seconds
-        self._on_commit = on_commit
+        self._hooks = hooks
         self._fields = [_FieldBuffer(f, self.capacity) for f in schema]
         self._reward = schema.names.index("reward")
         self._terminated = schema.names.index("terminated")
@@ -105,7 +112,6 @@ class Writer:
         self._unsynced: set[str] = set()
         self._last_commit = time.monotonic()
         self._extent_written = -1
-        self.state: dict[str, Any] = dict(manifest.state)
 
     @property
     def pending(self) -> int:
@@ -206,14 +212,16 @@ class Writer:
             self.manifest.start, end - self.capacity)
         self._publish(self.manifest.replace(
             start=start, end=end, episodes=self.episodes.count,
-            open_episode=self.episodes.open_episode, state=dict(self.state)))
+            open_episode=self.episodes.open_episode), full=True)
         self._last_commit = time.monotonic()
         self.sync_array_shapes()
         return self.manifest
 
-    def _publish(self, manifest: Manifest) -> None:
+    def _publish(self, manifest: Manifest, *, full: bool = False) -> None:
+        """Replace the manifest; ``full`` for a commit (not a ring guard's shrink)."""
+        manifest = self._hooks.before_publish(self.manifest, manifest, full)
         self.manifest = commit_manifest(self.backend, manifest)
-        self._on_commit(self.manifest)
+        self._hooks.after_publish(self.manifest, full)
 
     def sync_array_shapes(self) -> None:
         """Bring each zarr array's shape to the committed extent (after a commit or a crash).

@@ -1,0 +1,310 @@
+"""The priority index: a sum tree and a min tree over the store's slots, in one memmap file.
+
+Leaves hold ``priority ** alpha`` per slot (0 for slots outside the committed window, so they
+are never sampled). Inner node ``n`` of the sum tree holds ``sum[2n] + sum[2n + 1]``; the
+"min" tree stores reciprocals (``1 / leaf``, 0 for empty slots) under a max, so that empty
+slots are zero bytes and a fresh 16M-slot file is sparse: it costs no memory or disk until
+touched, and opening it is a single ``mmap``.
+
+Updates are batched: leaves are written, then each level's parents are recomputed *from their
+children* with numpy, all at once. Inner nodes are therefore always exactly the (rounded) sums
+of their children: nothing accumulates, so float drift cannot grow with the number of updates.
+
+Crash safety follows the store's commits. Before a leaf changes, its old value is appended to
+an undo log; :meth:`PriorityIndex.checkpoint` (called by ``Store.commit``) flushes the tree and
+starts a new log. Opening an index that was not closed cleanly undoes the changes made since
+the last checkpoint, zeroes the slots outside the committed window, and rebuilds every inner
+node from the leaves, so the index matches the committed rows exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import LocalBackend
+from .errors import CorruptStoreError, SchemaError
+from .layout import META
+
+TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
+HEADER = f"{META}/priority.json"
+UNDO = f"{META}/priority.undo"
+_UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
+
+
+@dataclass(frozen=True)
+class PriorityHeader:
+    """The index's persisted settings; ``checkpoint`` counts checkpoints (see the undo log)."""
+
+    slots: int
+    alpha: float
+    checkpoint: int = 0
+    max_priority: float = 1.0
+    clean: bool = True
+    format_version: int = 1
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def check_priorities(priorities: np.ndarray) -> np.ndarray:
+    """Refuse negative, NaN or infinite priorities with an error that says which."""
+    values = np.asarray(priorities, dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(-1)))
+        raise SchemaError(f"priorities must be finite and >= 0; got {values.reshape(-1)[first]} "
+                          f"at position {first} (and {int(bad.sum()) - 1} more)")
+    return values
+
+
+class PriorityIndex:
+    """Sum/min trees over ``slots`` leaves stored in ``_replaystore/priority.tree``.
+
+    Use :meth:`create` or :meth:`open`; writers (``writable=True``) may change priorities,
+    readers map the file read-only and see the writer's updates as they happen.
+    """
+
+    def __init__(self, backend: LocalBackend, header: PriorityHeader, *, writable: bool) -> None:
+        self.backend = backend
+        self.header = header
+        self.writable = writable
+        self.leaves = leaves_for(header.slots)
+        self.key = TREE.format(leaves=self.leaves)
+        expected = 2 * 2 * self.leaves * 8
+        try:
+            size = backend.size(self.key)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"priority index {self.key!r} is missing",
+                                    key=self.key) from None
+        if size != expected:
+            raise CorruptStoreError(f"priority index {self.key!r} holds {size} bytes, expected "
+                                    f"{expected}", key=self.key)
+        trees = backend.memmap(self.key, "<f8", (2, 2 * self.leaves), writable=writable)
+        self._file = trees
+        self.sum, self.inv = trees[0], trees[1]
+        self._undo = backend.open_log(UNDO) if writable else None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, backend: LocalBackend, slots: int, alpha: float) -> PriorityIndex:
+        """Make an empty index (all priorities 0) for ``slots`` slots."""
+        if not (isinstance(alpha, int | float) and 0 <= alpha <= 10 and math.isfinite(alpha)):
+            raise SchemaError(f"alpha must be a number in [0, 10], got {alpha!r}")
+        backend.allocate(TREE.format(leaves=leaves_for(slots)), 2 * 2 * leaves_for(slots) * 8)
+        backend.write(UNDO, b"")
+        header = PriorityHeader(slots=slots, alpha=float(alpha), clean=False)
+        backend.write(HEADER, json.dumps(header.to_json()).encode(), durable=True)
+        return cls(backend, header, writable=True)
+
+    @classmethod
+    def open(cls, backend: LocalBackend, *, writable: bool, window: tuple[int, int, int | None],
+             checkpoint: int) -> PriorityIndex:
+        """Open an existing index; a writer repairs it first if it was not closed cleanly.
+
+        ``window`` is the committed (start, end, capacity) and ``checkpoint`` the checkpoint
+        number the last commit recorded.
+        """
+        header = read_header(backend)
+        index = cls(backend, header, writable=writable)
+        if writable and (not header.clean or header.checkpoint != checkpoint):
+            # The undo log holds changes made after checkpoint `header.checkpoint`; they are
+            # uncommitted only if the last commit recorded that same checkpoint.
+            index.recover(window, undo=header.checkpoint == checkpoint)
+            index.checkpoint_now(checkpoint)
+        elif writable:
+            index._set_header(clean=False)
+        return index
+
+    def _set_header(self, **changes: object) -> None:
+        self.header = PriorityHeader(**{**self.header.to_json(), **changes})  # type: ignore[arg-type]
+        self.backend.write(HEADER, json.dumps(self.header.to_json()).encode(), durable=True)
+
+    def recover(self, window: tuple[int, int, int | None], *, undo: bool) -> None:
+        """Roll back changes since the last checkpoint (if ``undo``), clear the slots outside
+        ``window``, and rebuild every inner node from the leaves."""
+        leaves = self.sum[self.leaves:]
+        if undo:
+            records = np.frombuffer(self.backend.read(UNDO), dtype=_UNDO_RECORD,
+                                    count=self.backend.size(UNDO) // _UNDO_RECORD.itemsize)
+            records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
+            # Replay newest first, so each slot ends at the oldest value logged for it.
+            leaves[records["slot"][::-1]] = records["old"][::-1]
+        start, end, capacity = window
+        valid = np.zeros(self.leaves, bool)
+        rows = np.arange(start, end)
+        valid[rows if capacity is None else rows % capacity] = True
+        leaves[~valid] = 0.0
+        leaves[~np.isfinite(leaves) | (leaves < 0)] = 0.0
+        self.rebuild()
+        positive = leaves[leaves > 0]
+        if len(positive):
+            alpha = self.header.alpha
+            top = float(positive.max())
+            self.header = PriorityHeader(**{**self.header.to_json(), "max_priority":
+                                            top ** (1 / alpha) if alpha > 0 else 1.0})
+
+    def rebuild(self) -> None:
+        """Recompute every inner node of both trees from the leaves."""
+        leaves = self.sum[self.leaves:]
+        with np.errstate(divide="ignore"):
+            self.inv[self.leaves:] = np.where(leaves > 0, 1.0 / leaves, 0.0)
+        level = self.leaves
+        while level > 1:
+            half = level // 2
+            self.sum[half:level] = self.sum[level:2 * level:2] + self.sum[level + 1:2 * level:2]
+            self.inv[half:level] = np.maximum(self.inv[level:2 * level:2],
+                                              self.inv[level + 1:2 * level:2])
+            level = half
+
+    def flush(self) -> None:
+        """Write the trees' dirty pages to disk (before a commit records this state)."""
+        self._file.flush()
+
+    def checkpoint_now(self, number: int) -> None:
+        """Start a new undo log: the state flushed last is checkpoint ``number``."""
+        if self._undo is None:
+            raise CorruptStoreError("this priority index is open read-only", key=self.key)
+        self._undo.truncate(0)
+        self._set_header(clean=False, checkpoint=number)
+
+    def has_uncommitted_changes(self) -> bool:
+        """Whether leaves changed since the last checkpoint (the undo log is not empty)."""
+        if self._undo is None:
+            return False
+        self._undo.flush()
+        return self.backend.size(UNDO) > 0
+
+    def close(self) -> None:
+        """Flush and mark the index clean (writers); later opens skip recovery."""
+        if self._undo is not None:
+            self._file.flush()
+            self._undo.close()
+            self._undo = None
+            self._set_header(clean=True)
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def total(self) -> float:
+        """Sum of ``priority ** alpha`` over the sampleable slots."""
+        return float(self.sum[1])
+
+    @property
+    def min_leaf(self) -> float:
+        """The smallest non-zero ``priority ** alpha`` (inf when nothing is sampleable)."""
+        top = float(self.inv[1])
+        return 1.0 / top if top > 0 else math.inf
+
+    def leaf(self, slots: np.ndarray) -> np.ndarray:
+        return self.sum[self.leaves + np.asarray(slots, dtype=np.int64)]
+
+    def priorities(self, slots: np.ndarray) -> np.ndarray:
+        """The priorities of ``slots`` (``leaf ** (1 / alpha)``)."""
+        leaf = self.leaf(slots)
+        alpha = self.header.alpha
+        return leaf if alpha in (0.0, 1.0) else leaf ** (1.0 / alpha)
+
+    def find(self, targets: np.ndarray) -> np.ndarray:
+        """For each prefix-sum target in ``[0, total)``, the slot whose leaf range holds it."""
+        node = np.ones(len(targets), np.int64)
+        u = np.array(targets, dtype=np.float64)
+        total_sum = self.sum
+        while node[0] < self.leaves:
+            left = 2 * node
+            left_sum = total_sum[left]
+            # Go right when the target lies past the left subtree and the right one has mass
+            # (a concurrent writer or rounding may leave the right subtree empty).
+            right = (u >= left_sum) & (total_sum[left + 1] > 0)
+            u -= left_sum * right
+            node = left + right
+        return node - self.leaves
+
+    # -- writing --------------------------------------------------------------------------
+
+    def set(self, slots: np.ndarray, leaf_values: np.ndarray) -> None:
+        """Set leaves (``priority ** alpha``); for duplicate slots the last value wins."""
+        if not self.writable or self._undo is None:
+            raise CorruptStoreError("this priority index is open read-only", key=self.key)
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        values = np.asarray(leaf_values, dtype=np.float64).reshape(-1)
+        if len(slots) == 0:
+            return
+        nodes = slots + self.leaves
+        record = np.empty(len(slots), _UNDO_RECORD)
+        record["slot"], record["old"] = slots, self.sum[nodes]
+        self._undo.write(record.tobytes())
+        self._undo.flush()
+        # Fancy assignment keeps the last of duplicate slots, as documented.
+        self.sum[nodes] = values
+        with np.errstate(divide="ignore"):
+            self.inv[nodes] = np.where(values > 0, 1.0 / values, 0.0)
+        self._propagate(nodes)
+
+    def _propagate(self, nodes: np.ndarray) -> None:
+        s, m = self.sum, self.inv
+        nodes = np.unique(nodes >> 1)
+        while nodes[0] >= 1:
+            left = nodes << 1
+            s[nodes] = s[left] + s[left + 1]
+            m[nodes] = np.maximum(m[left], m[left + 1])
+            if nodes[0] == 1:
+                break
+            nodes = np.unique(nodes >> 1)
+
+    def grown(self, slots: int) -> PriorityIndex:
+        """A new, larger index (a new file) with the same leaves and undo log; closes this one."""
+        if self._undo is None:
+            raise CorruptStoreError("this priority index is open read-only", key=self.key)
+        self._undo.close()
+        self._undo = None
+        undo = self.backend.read(UNDO)
+        leaves = np.array(self.sum[self.leaves:])
+        header = self.header
+        bigger = PriorityIndex.create(self.backend, slots, header.alpha)
+        bigger.sum[bigger.leaves:bigger.leaves + len(leaves)] = leaves
+        bigger.rebuild()
+        bigger.flush()
+        assert bigger._undo is not None
+        bigger._undo.write(undo)
+        bigger._undo.flush()
+        bigger._set_header(checkpoint=header.checkpoint, max_priority=header.max_priority)
+        self.backend.delete(self.key)
+        return bigger
+
+    def note_max(self, priority: float) -> None:
+        if priority > self.header.max_priority:
+            self.header = PriorityHeader(**{**self.header.to_json(), "max_priority": priority})
+
+
+def leaves_for(slots: int) -> int:
+    """Leaves of a tree over ``slots`` slots: the next power of two."""
+    return 1 << max(0, (slots - 1).bit_length())
+
+
+def read_header(backend: LocalBackend) -> PriorityHeader:
+    try:
+        doc = json.loads(backend.read(HEADER))
+        header = PriorityHeader(**doc)
+    except FileNotFoundError:
+        raise CorruptStoreError(f"priority index header {HEADER!r} is missing", key=HEADER) from None
+    except (ValueError, TypeError) as exc:
+        raise CorruptStoreError(f"priority index header {HEADER!r} is malformed: {exc}",
+                                key=HEADER) from None
+    if header.format_version > 1:
+        raise CorruptStoreError(f"priority index format {header.format_version} is newer than "
+                                "this replaystore understands", key=HEADER)
+    if not 0 < header.slots <= 1 << 40:
+        raise CorruptStoreError(f"priority index claims {header.slots} slots", key=HEADER)
+    return header
+
+
+def exists(backend: LocalBackend) -> bool:
+    return backend.exists(HEADER)
+
+
+__all__ = ["PriorityIndex", "check_priorities", "exists", "leaves_for", "read_header"]

@@ -1,0 +1,315 @@
+"""Samplers: which slots a batch reads. They return indices (and weights), never row bytes.
+
+Every sampler takes a ``seed`` and keeps its whole state (bit generator, step counter) in a
+JSON-able :meth:`~Sampler.state_dict`. Give a sampler a ``name`` and a store opened for writing
+saves that state with every ``commit()``; a sampler built later with the same name on the
+reopened store resumes from it, and draws the same batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import SchemaError
+from .priority import check_priorities
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A value moving linearly from ``start`` to ``end`` over ``steps`` sample calls, then held.
+
+    Examples
+    --------
+    >>> Linear(0.4, 1.0, 100)(50)
+    0.7
+    """
+
+    start: float
+    end: float
+    steps: int
+
+    def __call__(self, step: int) -> float:
+        if self.steps <= 0:
+            return self.end
+        fraction = min(1.0, step / self.steps)
+        return round(self.start + (self.end - self.start) * fraction, 12)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Sampled slots and what a learner needs besides the rows.
+
+    ``indices`` are store slots (pass them to ``store.get`` and back to
+    ``update_priorities``); ``probabilities`` and ``weights`` come from prioritized sampling
+    (weights normalised so the largest possible weight is 1); ``mask`` marks real (not padded)
+    steps of a sequence.
+    """
+
+    indices: np.ndarray
+    probabilities: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+class Sampler:
+    """Base class: a seeded generator, a step counter, state saved with the store's commits."""
+
+    def __init__(self, store: Store, *, seed: int | None = None, name: str | None = None) -> None:
+        self.store = store
+        self.name = name
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.steps = 0
+        saved = store.sampler_state(name) if name else None
+        if saved is not None:
+            self.load_state_dict(saved)
+        if name:
+            store.register_sampler(name, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the same stream of batches, as JSON-able values."""
+        return {"kind": type(self).__name__, "steps": self.steps,
+                "bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != type(self).__name__:
+            raise SchemaError(f"saved sampler state is for a {state.get('kind')}, not a "
+                              f"{type(self).__name__}")
+        self.steps = int(state["steps"])
+        self.rng.bit_generator.state = state["bit_generator"]
+
+    def sample(self, batch_size: int) -> Batch:
+        raise NotImplementedError
+
+    def _window(self) -> tuple[int, int, int | None]:
+        m = self.store.manifest
+        if m.rows == 0:
+            raise IndexError(f"store {str(self.store.path)!r} has no committed rows to sample")
+        return m.start, m.end, m.capacity
+
+
+def to_slots(rows: np.ndarray, capacity: int | None) -> np.ndarray:
+    """Slots of global row numbers."""
+    return rows if capacity is None else rows % capacity
+
+
+def to_rows(slots: np.ndarray, start: int, capacity: int | None) -> np.ndarray:
+    """Global row numbers of committed slots (the inverse of :func:`to_slots` in a window)."""
+    if capacity is None:
+        return slots
+    return start + (slots - start) % capacity
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+class UniformSampler(Sampler):
+    """Slots drawn uniformly, with replacement, from the committed rows."""
+
+    def sample(self, batch_size: int) -> Batch:
+        batch_size = _check_batch_size(batch_size)
+        start, end, capacity = self._window()
+        rows = self.rng.integers(start, end, batch_size)
+        self.steps += 1
+        return Batch(to_slots(rows, capacity))
+
+
+class PrioritizedSampler(Sampler):
+    """Proportional prioritized replay (Schaul et al. 2016) over the store's priority index.
+
+    ``P(i) = p_i ** alpha / sum_j p_j ** alpha``; weights ``w_i = (N P(i)) ** -beta`` divided by
+    their largest possible value, so they lie in (0, 1]. Batches are stratified: the total mass
+    is cut into ``batch_size`` equal segments and one slot is drawn from each. New rows get the
+    largest priority seen so far. ``beta`` may be a number or a schedule such as
+    :class:`Linear`, evaluated at the sampler's step.
+
+    The priority index lives in the store; a store opened for writing creates it on first use
+    and commits it with the rows. ``update_priorities`` needs such a store.
+    """
+
+    def __init__(self, store: Store, *, alpha: float = 0.6, beta: float | Linear = 0.4,
+                 eps: float = 1e-6, seed: int | None = None, name: str | None = None) -> None:
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        self.index = store.priority_index(alpha)
+        self.beta = beta
+        self.eps = float(eps)
+        super().__init__(store, seed=seed, name=name)
+
+    @property
+    def alpha(self) -> float:
+        return self.index.header.alpha
+
+    def current_beta(self) -> float:
+        return float(self.beta(self.steps) if callable(self.beta) else self.beta)
+
+    def sample(self, batch_size: int) -> Batch:
+        batch_size = _check_batch_size(batch_size)
+        self._window()
+        index = self.index
+        total = index.total
+        if not total > 0:
+            raise IndexError("every committed row has priority 0; nothing can be sampled")
+        bounds = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+        slots = index.find(np.minimum(bounds, np.nextafter(total, 0)))
+        leaf = index.leaf(slots)
+        for _ in range(8):  # a concurrent update may leave a stale path to an empty leaf
+            empty = leaf <= 0
+            if not empty.any():
+                break
+            slots[empty] = index.find(self.rng.random(int(empty.sum())) * index.total)
+            leaf = index.leaf(slots)
+        probabilities = leaf / total
+        beta = self.current_beta()
+        weights = (index.min_leaf / leaf) ** beta
+        self.steps += 1
+        return Batch(slots, probabilities, weights)
+
+    def update_priorities(self, indices: Any, priorities: Any) -> None:
+        """Set the priorities of sampled slots (typically ``|TD error|``); ``eps`` is added.
+
+        Duplicate slots: the last value wins. Slots no longer committed (overwritten by the
+        ring since they were sampled) are skipped.
+        """
+        slots = np.asarray(indices, dtype=np.int64).reshape(-1)
+        values = check_priorities(priorities).reshape(-1)
+        if len(values) != len(slots):
+            raise ValueError(f"got {len(slots)} indices but {len(values)} priorities")
+        live = self.store.committed_mask(slots)
+        slots, values = slots[live], values[live] + self.eps
+        if len(slots):
+            self.index.set(slots, values ** self.alpha)
+            self.index.note_max(float(values.max()))
+
+
+def segments(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """(first global row, length) of every run of committed rows inside one episode."""
+    m = store.manifest
+    table = store.episode_table(clip=True)
+    ends = table["start"] + table["length"]
+    starts, lengths = [], []
+    cursor = m.start
+    for start, end in zip(table["start"].tolist(), ends.tolist(), strict=True):
+        starts.append(start)
+        lengths.append(end - start)
+        cursor = end
+    if cursor < m.end:  # the episode still in progress
+        starts.append(cursor)
+        lengths.append(m.end - cursor)
+    return np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+
+
+class SequenceSampler(Sampler):
+    """Sequences of ``length`` consecutive rows that never cross an episode boundary.
+
+    ``sample`` returns indices of shape ``(batch_size, length)``. Without ``pad`` every
+    sequence lies wholly inside one episode (episodes shorter than ``length`` are never
+    drawn). With ``pad=True`` any row may start a sequence; steps past its episode's end
+    repeat the episode's last slot and are marked False in ``mask``.
+    """
+
+    def __init__(self, store: Store, length: int, *, pad: bool = False, seed: int | None = None,
+                 name: str | None = None) -> None:
+        if not isinstance(length, int) or length <= 0:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        self.length = length
+        self.pad = pad
+        self._seen = -1
+        super().__init__(store, seed=seed, name=name)
+
+    def _refresh(self) -> None:
+        m = self.store.manifest
+        if (m.commit_seq, m.start, m.end) == self._seen:
+            return
+        starts, lengths = segments(self.store)
+        # How many sequences may start in each segment.
+        self._counts = lengths if self.pad else np.maximum(lengths - self.length + 1, 0)
+        self._starts, self._lengths = starts, lengths
+        self._cumulative = np.cumsum(self._counts)
+        self._seen = (m.commit_seq, m.start, m.end)
+
+    def sample(self, batch_size: int) -> Batch:
+        batch_size = _check_batch_size(batch_size)
+        capacity = self._window()[2]
+        self._refresh()
+        total = int(self._cumulative[-1]) if len(self._cumulative) else 0
+        if total == 0:
+            raise IndexError(f"no episode holds {self.length} committed rows")
+        pick = self.rng.integers(0, total, batch_size)
+        segment = np.searchsorted(self._cumulative, pick, side="right")
+        first = self._starts[segment] + pick - (self._cumulative[segment] - self._counts[segment])
+        steps = np.arange(self.length)
+        rows = first[:, None] + steps[None, :]
+        last = (self._starts[segment] + self._lengths[segment] - 1)[:, None]
+        mask = rows <= last
+        rows = np.minimum(rows, last)
+        self.steps += 1
+        return Batch(to_slots(rows, capacity), mask=mask if self.pad else None)
+
+
+class EpisodeSampler(Sampler):
+    """Whole finished episodes, uniformly: ``sample_episodes(n)`` returns their slot arrays."""
+
+    def sample_episodes(self, count: int) -> list[np.ndarray]:
+        count = _check_batch_size(count)
+        self._window()
+        table = self.store.episodes
+        if len(table) == 0:
+            raise IndexError("the store holds no finished episode")
+        picks = self.rng.integers(0, len(table), count)
+        capacity = self.store.capacity
+        self.steps += 1
+        return [to_slots(np.arange(table["start"][i], table["start"][i] + table["length"][i]),
+                         capacity) for i in picks.tolist()]
+
+    def sample(self, batch_size: int) -> Batch:
+        """One episode's slots as a batch (``batch_size`` must be 1)."""
+        if batch_size != 1:
+            raise ValueError("EpisodeSampler.sample draws one episode; use sample_episodes(n)")
+        return Batch(self.sample_episodes(1)[0])
+
+
+def nstep(store: Store, indices: Any, n: int, gamma: float) -> dict[str, np.ndarray]:
+    """n-step returns computed at sample time from stored rewards and episode ends.
+
+    For a transition in slot ``i``: ``return = sum_k gamma**k r_{i+k}`` over at most ``n``
+    steps, stopping after the step that ends the episode. ``discount`` is ``gamma**m`` for the
+    ``m`` steps summed, or 0 when the episode *terminated* within them (no bootstrap); a
+    *truncated* episode still bootstraps. ``bootstrap`` is the slot whose ``next_obs`` is the
+    state to bootstrap from. Steps not yet committed are not used (the sum stops early).
+    """
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    m = store.manifest
+    slots = np.asarray(indices, dtype=np.int64)
+    if not store.committed_mask(slots.reshape(-1)).all():
+        store.get(slots.reshape(-1), fields=["reward"])  # raises IndexError naming the slot
+    rows = to_rows(slots.reshape(-1), m.start, m.capacity)
+    ahead = rows[:, None] + np.arange(n)[None, :]
+    available = ahead < m.end
+    data = store.get(to_slots(np.where(available, ahead, rows[:, None]), m.capacity),
+                     fields=["reward", "terminated", "truncated"])
+    total = np.zeros(len(rows))
+    discount = np.ones(len(rows))
+    alive = np.ones(len(rows), bool)
+    terminal = np.zeros(len(rows), bool)
+    last = rows.copy()
+    for k in range(n):
+        step = alive & available[:, k]
+        total += np.where(step, discount * data["reward"][:, k], 0.0)
+        discount = np.where(step, discount * gamma, discount)
+        last = np.where(step, ahead[:, k], last)
+        terminal |= step & data["terminated"][:, k]
+        alive = step & ~(data["terminated"][:, k] | data["truncated"][:, k])
+    shape = slots.shape
+    return {"return": total.reshape(shape),
+            "discount": np.where(terminal, 0.0, discount).reshape(shape),
+            "bootstrap": to_slots(last, m.capacity).reshape(shape)}
