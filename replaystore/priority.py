@@ -85,7 +85,10 @@ class PriorityIndex:
                                     f"{expected}", key=self.key)
         trees = backend.memmap(self.key, "<f8", (2, 2 * self.leaves), writable=writable)
         self._file = trees
-        self.sum, self.inv = trees[0], trees[1]
+        # Plain ndarray views of the mapping: indexing a np.memmap subclass costs ~2 µs more per
+        # operation, which adds up over the ~2 x 24 levels of a batched update.
+        plain = trees.view(np.ndarray)
+        self.sum, self.inv = plain[0], plain[1]
         self._undo = backend.open_log(UNDO) if writable else None
 
     # -- life cycle -----------------------------------------------------------------------
@@ -246,15 +249,17 @@ class PriorityIndex:
         self._propagate(nodes)
 
     def _propagate(self, nodes: np.ndarray) -> None:
+        # All nodes are at the same depth, so one pass per level reaches the root. Duplicate
+        # parents are left in: they get the same value twice, which is cheaper than np.unique.
         s, m = self.sum, self.inv
-        nodes = np.unique(nodes >> 1)
-        while nodes[0] >= 1:
+        nodes = nodes >> 1
+        while True:
             left = nodes << 1
             s[nodes] = s[left] + s[left + 1]
             m[nodes] = np.maximum(m[left], m[left + 1])
             if nodes[0] == 1:
                 break
-            nodes = np.unique(nodes >> 1)
+            nodes >>= 1
 
     def grown(self, slots: int) -> PriorityIndex:
         """A new, larger index (a new file) with the same leaves and undo log; closes this one."""
