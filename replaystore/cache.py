@@ -158,8 +158,12 @@ class ShardCache:
         self._shards: OrderedDict[int, _Shard] = OrderedDict()
         self.nbytes = 0
 
-    def gather(self, slots: np.ndarray, load: ShardLoader) -> np.ndarray:
-        """Rows at ``slots``, decoding only those rows from their (cached) compressed shards."""
+    def gather(self, slots: np.ndarray, load: ShardLoader,
+               missing: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``slots``, decoding only those rows from their (cached) compressed shards.
+
+        Rows a shard does not hold raise, or with ``missing`` (a bool array) are flagged there.
+        """
         out = np.empty((len(slots), *self.field.shape), self.field.dtype)
         chunks, offsets = np.divmod(slots, self.rows)
         chunk_list = chunks.tolist()
@@ -167,7 +171,7 @@ class ShardCache:
         # usable even if a later load of this batch evicts it from the cache.
         shards = {chunk: self._get(chunk, load) for chunk in dict.fromkeys(chunk_list)}
         decode_rows([shards[c] for c in chunk_list], offsets.tolist(), out,
-                    field=self.field.name)
+                    field=self.field.name, missing=missing)
         return out
 
     def _get(self, chunk: int, load: ShardLoader) -> _Shard:

@@ -269,16 +269,21 @@ def _check_blosc_header(payload: memoryview, nbytes: int, *, key: str, field: st
                                 f"header (expected {nbytes} bytes decoded)", key=key, field=field)
 
 
-def decode_rows(shards: list[Any], rows: list[int], out: np.ndarray, *, field: str) -> None:
+def decode_rows(shards: list[Any], rows: list[int], out: np.ndarray, *, field: str,
+                missing: np.ndarray | None = None) -> None:
     """Decode row ``rows[i]`` of shard ``shards[i]`` into ``out[i]``.
 
     Each shard has ``key``, ``data`` (memoryview), ``offsets`` and ``lengths`` (lists, as
-    returned by :func:`parse_shard`, which already verified every row).
+    returned by :func:`parse_shard`, which already verified every row). A row the shard does
+    not hold raises, unless ``missing`` is given: then ``missing[i]`` is set instead.
     """
     flat = out.reshape(len(rows), -1).view(np.uint8)
     decompress = blosc.decompress
     for i, (shard, row) in enumerate(zip(shards, rows, strict=True)):
         offset, length = shard.offsets[row], shard.lengths[row]
+        if length == 0 and missing is not None:
+            missing[i] = True
+            continue
         if length == 0:
             raise CorruptChunkError(f"shard {shard.key!r} of field {field!r} lacks committed "
                                     f"row {row}", key=shard.key, field=field)

@@ -76,18 +76,20 @@ class Reader:
         return f"slots {first}..{last}" + (" wrapping around the ring" if last < first else "")
 
     def get(self, slots: np.ndarray, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored rows of committed ``slots`` (any shape) for the given fields."""
         flat = slots.reshape(-1)
         self.check_slots(flat)
-        out = {}
-        for name in names:
-            field = self.schema[name]
-            cache = self._caches[name]
-            if isinstance(cache, ChunkPool):
-                rows = cache.gather(flat, lambda chunk, dest, f=field: self._load(f, chunk, dest))
-            else:
-                rows = cache.gather(flat, lambda chunk, f=field: self._load_shard(f, chunk))
-            out[name] = rows.reshape(slots.shape + field.shape)
-        return out
+        return {name: self.gather(name, flat).reshape(slots.shape + self.schema[name].shape)
+                for name in names}
+
+    def gather(self, name: str, slots: np.ndarray,
+               missing: np.ndarray | None = None) -> np.ndarray:
+        """Stored rows of one field at checked 1-D ``slots``; see ShardCache for ``missing``."""
+        field = self.schema[name]
+        cache = self._caches[name]
+        if isinstance(cache, ChunkPool):
+            return cache.gather(slots, lambda chunk, dest: self._load(field, chunk, dest))
+        return cache.gather(slots, lambda chunk: self._load_shard(field, chunk), missing)
 
     def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
         key = chunk_key(field, chunk)

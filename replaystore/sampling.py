@@ -188,23 +188,6 @@ class PrioritizedSampler(Sampler):
             self.index.note_max(float(values.max()))
 
 
-def segments(store: Store) -> tuple[np.ndarray, np.ndarray]:
-    """(first global row, length) of every run of committed rows inside one episode."""
-    m = store.manifest
-    table = store.episode_table(clip=True)
-    ends = table["start"] + table["length"]
-    starts, lengths = [], []
-    cursor = m.start
-    for start, end in zip(table["start"].tolist(), ends.tolist(), strict=True):
-        starts.append(start)
-        lengths.append(end - start)
-        cursor = end
-    if cursor < m.end:  # the episode still in progress
-        starts.append(cursor)
-        lengths.append(m.end - cursor)
-    return np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
-
-
 class SequenceSampler(Sampler):
     """Sequences of ``length`` consecutive rows that never cross an episode boundary.
 
@@ -227,7 +210,7 @@ class SequenceSampler(Sampler):
         m = self.store.manifest
         if (m.commit_seq, m.start, m.end) == self._seen:
             return
-        starts, lengths = segments(self.store)
+        starts, lengths = self.store.episode_segments()
         # How many sequences may start in each segment.
         self._counts = lengths if self.pad else np.maximum(lengths - self.length + 1, 0)
         self._starts, self._lengths = starts, lengths

@@ -52,6 +52,8 @@ class Field:
     dtype: np.dtype = field(compare=True)
     codec: Codec = field(default_factory=Codec)
     chunk_rows: int = 0
+    next_of: str | None = None
+    stack: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -83,24 +85,46 @@ class Field:
             raise SchemaError(f"field {self.name!r}: chunk_rows must be in 1..{1 << 24}, "
                               f"got {self.chunk_rows!r}")
         object.__setattr__(self, "chunk_rows", rows)
+        if not isinstance(self.stack, int) or not 1 <= self.stack <= 64:
+            raise SchemaError(f"field {self.name!r}: stack must be an integer from 1 to 64, "
+                              f"got {self.stack!r}")
+        if self.next_of is not None and not self.codec.per_row:
+            raise SchemaError(f"field {self.name!r}: a next_of field is stored only at episode "
+                              "ends, which needs the per-row layout (a codec like 'lz4hc:5/rows')")
 
     @property
     def row_nbytes(self) -> int:
         """Bytes of one row, uncompressed."""
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
+    @property
+    def read_shape(self) -> tuple[int, ...]:
+        """Shape of one row as ``get`` returns it: ``(stack, *shape)`` for stacked fields."""
+        return (self.stack, *self.shape) if self.stack > 1 else self.shape
+
+    @property
+    def derived(self) -> bool:
+        """Whether reads rebuild this field (a next_of field, or a frame stack)."""
+        return self.next_of is not None or self.stack > 1
+
     def describe(self) -> str:
         return f"shape {self.shape} {self.dtype}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
-                "codec": self.codec.to_json(), "chunk_rows": self.chunk_rows}
+        doc = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
+               "codec": self.codec.to_json(), "chunk_rows": self.chunk_rows}
+        if self.next_of is not None:
+            doc["next_of"] = self.next_of
+        if self.stack > 1:
+            doc["stack"] = self.stack
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Field:
         try:
             return cls(doc["name"], tuple(doc["shape"]), doc["dtype"],
-                       Codec.from_json(doc["codec"]), int(doc["chunk_rows"]))
+                       Codec.from_json(doc["codec"]), int(doc["chunk_rows"]),
+                       doc.get("next_of"), int(doc.get("stack", 1)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SchemaError):
                 raise
@@ -151,23 +175,29 @@ def _parse_field(name: str, spec: FieldSpec) -> Field:
         if spec.name != name:
             raise SchemaError(f"field declared as {name!r} is named {spec.name!r}")
         return spec
+    options: dict[str, Any] = {}
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"shape", "dtype", "codec", "chunk_rows"}
+        unknown = set(spec) - {"shape", "dtype", "codec", "chunk_rows", "next_of", "stack"}
         if unknown:
             raise SchemaError(f"field {name!r}: unknown option(s) {sorted(unknown)}")
-        shape, dtype = spec.get("shape", ()), spec.get("dtype", "float32")
-        codec, chunk_rows = spec.get("codec"), spec.get("chunk_rows", 0)
+        options = dict(spec)
     elif isinstance(spec, tuple | list) and len(spec) == 2:
-        (shape, dtype), codec, chunk_rows = spec, None, 0
+        options = {"shape": spec[0], "dtype": spec[1]}
     else:
         raise SchemaError(f"field {name!r}: expected (shape, dtype), a mapping or a Field, "
                           f"got {spec!r}")
-    if isinstance(shape, int):
-        shape = (shape,)
-    probe = Field(name, shape, dtype)
-    parsed = Codec.parse(codec) if codec is not None else default_codec(probe.row_nbytes,
-                                                                        probe.dtype.kind)
-    return Field(name, probe.shape, probe.dtype, parsed, chunk_rows or 0)
+    shape = options.get("shape", ())
+    probe = Field(name, (shape,) if isinstance(shape, int) else shape,
+                  options.get("dtype", "float32"))
+    codec = options.get("codec")
+    if codec is not None:
+        parsed = Codec.parse(codec)
+    elif options.get("next_of") is not None:
+        parsed = Codec("lz4hc", 5, per_row=True)  # sparse: stored at episode ends only
+    else:
+        parsed = default_codec(probe.row_nbytes, probe.dtype.kind)
+    return Field(name, probe.shape, probe.dtype, parsed, options.get("chunk_rows") or 0,
+                 options.get("next_of"), options.get("stack", 1))
 
 
 @dataclass(frozen=True)
@@ -196,6 +226,17 @@ class Schema:
                                              else f.dtype != np.dtype(dtype)):
                 raise SchemaError(f"field {name!r} must be a scalar {dtype} field "
                                   f"(got {f.describe() if f else 'nothing'})")
+        for f in self.fields:
+            target = by_name.get(f.next_of) if f.next_of is not None else None
+            if f.next_of is None:
+                continue
+            if target is None or target.next_of is not None:
+                raise SchemaError(f"field {f.name!r}: next_of={f.next_of!r} must name another "
+                                  "stored field of the schema")
+            if (target.shape, target.dtype, target.stack) != (f.shape, f.dtype, f.stack):
+                raise SchemaError(f"field {f.name!r} is next_of {target.name!r} but has "
+                                  f"{f.describe()} stack {f.stack}, not {target.describe()} "
+                                  f"stack {target.stack}")
         object.__setattr__(self, "_by_name", by_name)
 
     @classmethod
@@ -205,7 +246,18 @@ class Schema:
             return fields
         if not isinstance(fields, Mapping) or not fields:
             raise SchemaError("fields must be a non-empty mapping of name to (shape, dtype)")
-        parsed = [_parse_field(str(name), spec) for name, spec in fields.items()]
+        plain = {str(n): _parse_field(str(n), spec) for n, spec in fields.items()
+                 if not (isinstance(spec, Mapping) and spec.get("next_of") is not None)}
+        parsed = []
+        for name, spec in fields.items():
+            if str(name) in plain:
+                parsed.append(plain[str(name)])
+                continue
+            # A next_of field defaults to its target's shape, dtype and stack.
+            target = plain.get(str(spec["next_of"]))
+            defaults = {"shape": target.shape, "dtype": target.dtype.name,
+                        "stack": target.stack} if target else {}
+            parsed.append(_parse_field(str(name), {**defaults, **spec}))
         declared = {f.name for f in parsed}
         parsed += [_parse_field(n, ((), d)) for n, d in EPISODE_FIELDS.items() if n not in declared]
         return cls(tuple(parsed))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import priority
+from . import frames, priority
 from .backend import LocalBackend
 from .commitstate import CommitState
 from .episodes import EpisodeTable
@@ -82,6 +82,7 @@ class Store:
         self._state = CommitState(backend, self._reader, writable=mode == "a")
         self._writer: Writer | None = None
         self._closed = False
+        self._segments: tuple[int, np.ndarray, np.ndarray] = (-1, np.empty(0), np.empty(0))
         if mode == "a":
             self._writer = Writer(backend, schema, manifest, commit_every_rows=commit_every_rows,
                                   commit_every_seconds=commit_every_seconds, hooks=self._state)
@@ -176,9 +177,10 @@ class Store:
             else:
                 raise TypeError(f"indices must be integers, got dtype {slots.dtype}")
         names = self.schema.names if fields is None else tuple(fields)
-        for name in names:
-            self.schema[name]  # raises KeyError naming unknown fields
-        return self._reader.get(slots.astype(np.int64, copy=False), names)
+        slots = slots.astype(np.int64, copy=False)
+        if any(self.schema[name].derived for name in names):  # KeyError names unknown fields
+            return frames.gather(self._reader, self.episode_segments()[0], slots, names)
+        return self._reader.get(slots, names)
 
     def slots(self) -> np.ndarray:
         """The slots of all committed rows, oldest first."""
@@ -201,6 +203,24 @@ class Store:
         m = self._reader.manifest
         return EpisodeTable(m.episodes, m.open_episode).finished(self._backend, m.start,
                                                                  clip=clip)
+
+    def episode_segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first global row, length) of each run of committed rows within one episode, oldest
+        first: the surviving tail of an episode the ring overwrote, finished episodes, and the
+        episode in progress."""
+        m = self._reader.manifest
+        if self._segments[0] != m.commit_seq:
+            table = self.episode_table(clip=True)
+            starts = table["start"].astype(np.int64)
+            lengths = table["length"].astype(np.int64)
+            done = int(starts[-1] + lengths[-1]) if len(starts) else m.start
+            if done < m.end:  # the episode in progress
+                starts, lengths = np.append(starts, done), np.append(lengths, m.end - done)
+            if len(starts) and starts[0] > m.start:  # rows before the first table entry
+                starts = np.insert(starts, 0, m.start)
+                lengths = np.insert(lengths, 0, int(starts[1] - m.start))
+            self._segments = (m.commit_seq, starts, lengths)
+        return self._segments[1], self._segments[2]
 
     def committed_mask(self, indices: Any) -> np.ndarray:
         """True for each slot that holds a committed row."""

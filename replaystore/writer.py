@@ -43,6 +43,8 @@ class _FieldBuffer:
         # changed since they were last encoded.
         self.encoded: list[bytes | None] = [None] * self.rows
         self.stale = np.zeros(self.rows, bool)
+        # Rows to store; a next_of field keeps only episode ends and the newest row.
+        self.keep = np.ones(self.rows, bool)
 
     def open(self, chunk: int, backend: LocalBackend) -> None:
         """Start filling ``chunk``, keeping whatever committed rows its file already holds."""
@@ -77,7 +79,7 @@ class _FieldBuffer:
         if not self.field.codec.per_row:
             return encode_chunk(self.field.codec, self.buffer)
         for i in np.flatnonzero(self.stale).tolist():
-            self.encoded[i] = encode_row(self.field.codec, self.buffer[i])
+            self.encoded[i] = encode_row(self.field.codec, self.buffer[i]) if self.keep[i] else None
         self.stale[:] = False
         return encode_shard(self.encoded)
 
@@ -125,12 +127,15 @@ class Writer:
         """Append one validated row (values in schema order)."""
         row = self.position
         slot = self.slot(row)
+        done = bool(values[self._terminated]) or bool(values[self._truncated])
         for buf, value in zip(self._fields, values, strict=True):
             if not buf.base <= slot < buf.end:
                 self._switch(buf, slot)
             i = slot - buf.base
             buf.buffer[i] = value
             buf.stale[i] = True
+            if buf.field.next_of is not None:
+                buf.keep[i] = done
             buf.newest, buf.dirty = row, True
             if slot + 1 == buf.end:
                 self._flush(buf)
@@ -142,22 +147,25 @@ class Writer:
     def extend(self, values: list[np.ndarray], count: int) -> None:
         """Append ``count`` validated rows (arrays in schema order, leading axis = rows)."""
         first = self.position
-        done = 0
-        while done < count:
-            slot = self.slot(first + done)
+        ends = values[self._terminated] | values[self._truncated]
+        copied = 0
+        while copied < count:
+            slot = self.slot(first + copied)
             # Rows until the ring wraps; each field then splits the run at its chunk ends.
-            run = count - done
+            run = count - copied
             if self.capacity is not None:
                 run = min(run, self.capacity - slot)
+            part = slice(copied, copied + run)
             for buf, array in zip(self._fields, values, strict=True):
-                self._copy_run(buf, array[done:done + run], first + done, slot)
-            done += run
+                self._copy_run(buf, array[part], ends[part], first + copied, slot)
+            copied += run
         self.position = first + count
         self.episodes.observe(first, values[self._reward], values[self._terminated],
                               values[self._truncated])
         self._maybe_autocommit()
 
-    def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, first_row: int, slot: int) -> None:
+    def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, ends: np.ndarray, first_row: int,
+                  slot: int) -> None:
         k = 0
         while k < len(rows):
             if not buf.base <= slot + k < buf.end:
@@ -166,6 +174,8 @@ class Writer:
             n = min(len(rows) - k, buf.end - (slot + k))
             buf.buffer[i:i + n] = rows[k:k + n]
             buf.stale[i:i + n] = True
+            if buf.field.next_of is not None:
+                buf.keep[i:i + n] = ends[k:k + n]
             buf.newest, buf.dirty = first_row + k + n - 1, True
             k += n
             if slot + k == buf.end:
@@ -202,6 +212,12 @@ class Writer:
     def commit(self) -> Manifest:
         """Make every appended row durable and visible; returns the new manifest."""
         self._guard(self.position - 1)  # one shrink for all the flushes below
+        newest = self.slot(self.position - 1)
+        for buf in self._fields:
+            # The newest row's successor is not stored yet: keep its next_of value for now.
+            if buf.field.next_of is not None and buf.base <= newest < buf.end and self.pending:
+                buf.keep[newest - buf.base] = buf.stale[newest - buf.base] = True
+                buf.dirty = True
         for buf in self._fields:
             self._flush(buf)
         self._unsynced.update(self.episodes.persist(self.backend))
