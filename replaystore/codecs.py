@@ -134,7 +134,9 @@ def default_chunk_rows(row_nbytes: int, codec: Codec) -> int:
     """
     target = (16 << 20) if codec.per_row else (1 << 20)
     rows = 1 << max(0, int(np.log2(max(1, target // max(1, row_nbytes)))))
-    return int(min(max(rows, 64 if codec.per_row else 1024), 65536))
+    if codec.per_row:  # a shard's index costs 16 bytes a row, written whole at each commit
+        return int(min(max(rows, 64), 4096))
+    return int(min(max(rows, 1024), 65536))
 
 
 def _shuffle(itemsize: int) -> int:

@@ -1,0 +1,117 @@
+"""Smaller image stores: next_obs kept at episode ends only, frame stacks rebuilt on read.
+
+Each test writes the same random episodes into a derived store and computes, from the raw
+frames, what an uncompressed store of full stacks and next_obs would hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import replaystore as rs
+
+SHAPE = (3, 3)
+
+
+def episodes(rng: np.random.Generator, count: int) -> list[int]:
+    return [int(n) for n in rng.integers(1, 9, count)]
+
+
+def write(store: rs.Store, lengths: list[int], rng: np.random.Generator, batch: bool):
+    """Append episodes of frames whose pixels encode (row, episode); return reference rows."""
+    frames, nexts, firsts = [], [], []
+    g = 0
+    for ep, length in enumerate(lengths):
+        first = g
+        for t in range(length):
+            last = t == length - 1
+            frame = np.full(SHAPE, g % 200, np.uint8)
+            nxt = np.full(SHAPE, 200 + ep % 50, np.uint8) if last else np.full(
+                SHAPE, (g + 1) % 200, np.uint8)
+            frames.append(frame), nexts.append(nxt), firsts.append(first)
+            g += 1
+    term = np.zeros(g, bool)
+    ends = np.cumsum(lengths) - 1
+    term[ends] = True
+    trunc = np.zeros(g, bool)
+    trunc[ends[1::3]], term[ends[1::3]] = True, False  # some episodes end by truncation
+    rows = {"obs": np.stack(frames), "next_obs": np.stack(nexts), "reward": np.ones(g),
+            "terminated": term, "truncated": trunc}
+    if batch:
+        done = 0
+        while done < g:
+            n = int(rng.integers(1, 12))
+            store.extend({k: v[done:done + n] for k, v in rows.items()})
+            done += n
+            if rng.random() < 0.3:
+                store.commit()
+    else:
+        for i in range(g):
+            store.append({k: v[i] for k, v in rows.items()})
+            if rng.random() < 0.05:
+                store.commit()
+    store.commit()
+    return rows, np.array(firsts)
+
+
+def expected_stacks(rows, firsts, k, window):
+    obs, nexts = rows["obs"], rows["next_obs"]
+    out_obs, out_next = [], []
+    for g in window:
+        idx = [max(g - k + 1 + j, firsts[g]) for j in range(k)]
+        out_obs.append(obs[idx])
+        later = [max(g - k + 2 + j, firsts[g]) for j in range(k - 1)]
+        out_next.append(np.concatenate([obs[later], nexts[g][None]]))
+    return np.stack(out_obs), np.stack(out_next)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("capacity", [None, 37])
+def test_derived_reads_match_full_storage(tmp_path, k, batch, capacity):
+    rng = np.random.default_rng(k * 10 + batch + (capacity or 0))
+    fields = {"obs": {"shape": SHAPE, "dtype": "uint8", "stack": k, "codec": "lz4:1/rows",
+                      "chunk_rows": 8},
+              "next_obs": {"next_of": "obs", "chunk_rows": 8}}
+    store = rs.create(tmp_path / "s", fields, capacity=capacity)
+    rows, firsts = write(store, episodes(rng, 25), rng, batch)
+    m = store.manifest
+    window = np.arange(m.start, m.end)
+    # In a ring, an episode's first frames may be gone: stacks then clip at the oldest row.
+    firsts = np.maximum(firsts, m.start)
+    exp_obs, exp_next = expected_stacks(rows, firsts, k, window)
+    for reader in (store, rs.open(tmp_path / "s")):
+        got = reader.get(reader.slots())
+        if k == 1:
+            np.testing.assert_array_equal(got["obs"], rows["obs"][window])
+            np.testing.assert_array_equal(got["next_obs"], rows["next_obs"][window])
+        else:
+            assert got["obs"].shape == (len(window), k, *SHAPE)
+            np.testing.assert_array_equal(got["obs"], exp_obs)
+            np.testing.assert_array_equal(got["next_obs"], exp_next)
+
+
+def test_next_obs_is_stored_only_at_episode_ends(tmp_path):
+    fields = {"obs": ((32, 32), "uint8"), "next_obs": {"next_of": "obs"}}
+    store = rs.create(tmp_path / "s", fields)
+    n = 4000
+    done = np.arange(n) % 100 == 99
+    store.extend({"obs": np.random.default_rng(0).integers(0, 255, (n, 32, 32), np.uint8),
+                  "next_obs": np.zeros((n, 32, 32), np.uint8), "reward": np.zeros(n),
+                  "terminated": done, "truncated": np.zeros(n, bool)})
+    store.commit()
+    sizes = {f["name"]: f["disk_bytes"] for f in rs.summarize(store)["fields"]}
+    assert sizes["next_obs"] < sizes["obs"] / 20  # 40 stored frames and the shard index
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"next_obs": {"next_of": "missing"}}, "must name another stored field"),
+    ({"next_obs": {"next_of": "obs", "shape": (2, 2)}}, "is next_of 'obs' but has"),
+    ({"next_obs": {"next_of": "obs", "codec": "raw"}}, "needs the per-row layout"),
+    ({"obs": {"shape": SHAPE, "dtype": "uint8", "stack": 0}}, "stack must be an integer"),
+])
+def test_bad_derived_declarations(tmp_path, spec, message):
+    fields = {"obs": {"shape": SHAPE, "dtype": "uint8"}, **spec}
+    with pytest.raises(rs.SchemaError, match=message):
+        rs.create(tmp_path / "s", fields)
