@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import replaystore as rs  # noqa: E402
-from workloads import VECTOR_FIELDS, vector_batches  # noqa: E402
+from workloads import VECTOR_FIELDS, vector_batches
+
+import replaystore as rs
 
 BATCH = 256
 
