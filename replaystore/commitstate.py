@@ -53,7 +53,7 @@ class CommitState:
             if priority.exists(self.backend):
                 self.index = PriorityIndex.open(
                     self.backend, writable=self.writable, window=(m.start, m.end, m.capacity),
-                    checkpoint=_checkpoint(m))
+                    checkpoint=_checkpoint(m), max_priority=_max_priority(m))
             elif self.writable:
                 self.index = self._create(m, 0.6 if alpha is None else alpha)
             else:
@@ -73,7 +73,7 @@ class CommitState:
         slots = m.capacity or max(MIN_UNBOUNDED_SLOTS, 2 * m.end)
         index = PriorityIndex.create(self.backend, slots, alpha)
         index.set(_slots(m.start, m.end, m.capacity),
-                  np.full(m.rows, index.header.max_priority ** alpha))
+                  np.full(m.rows, index.max_priority ** alpha))
         index.flush()
         index.checkpoint_now(_checkpoint(m))
         return index
@@ -90,10 +90,11 @@ class CommitState:
             index.set(retired, np.zeros(len(retired)))
             fresh = _slots(max(old.end, new.start), new.end, new.capacity)
             alpha = index.header.alpha
-            index.set(fresh, np.full(len(fresh), index.header.max_priority ** alpha))
+            index.set(fresh, np.full(len(fresh), index.max_priority ** alpha))
             if full:
                 index.flush()
-                state["priority"] = {"checkpoint": index.header.checkpoint + 1}
+                state["priority"] = {"checkpoint": _checkpoint(old) + 1,
+                                     "max_priority": index.max_priority}
         if full and self.samplers:
             state["samplers"] = {**state.get("samplers", {}),
                                  **{n: s.state_dict() for n, s in self.samplers.items()}}
@@ -117,3 +118,7 @@ class CommitState:
 
 def _checkpoint(manifest: Manifest) -> int:
     return int(manifest.state.get("priority", {}).get("checkpoint", 0))
+
+
+def _max_priority(manifest: Manifest) -> float:
+    return float(manifest.state.get("priority", {}).get("max_priority", 1.0))

@@ -11,10 +11,12 @@ children* with numpy, all at once. Inner nodes are therefore always exactly the 
 of their children: nothing accumulates, so float drift cannot grow with the number of updates.
 
 Crash safety follows the store's commits. Before a leaf changes, its old value is appended to
-an undo log; :meth:`PriorityIndex.checkpoint` (called by ``Store.commit``) flushes the tree and
-starts a new log. Opening an index that was not closed cleanly undoes the changes made since
-the last checkpoint, zeroes the slots outside the committed window, and rebuilds every inner
-node from the leaves, so the index matches the committed rows exactly.
+an undo log, whose first record names the checkpoint it starts from. ``Store.commit`` flushes
+the tree, records checkpoint ``k + 1`` in the manifest, then starts a new log for ``k + 1``
+(:meth:`PriorityIndex.checkpoint_now`). A writer opening an index that was not closed cleanly
+undoes the logged changes if the log starts from the manifest's checkpoint (they were never
+committed), zeroes the slots outside the committed window, and rebuilds every inner node from
+the leaves, so the index matches the committed rows exactly.
 """
 
 from __future__ import annotations
@@ -37,12 +39,10 @@ _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
 
 @dataclass(frozen=True)
 class PriorityHeader:
-    """The index's persisted settings; ``checkpoint`` counts checkpoints (see the undo log)."""
+    """The index's persisted settings; ``clean`` is False while a writer has it open."""
 
     slots: int
     alpha: float
-    checkpoint: int = 0
-    max_priority: float = 1.0
     clean: bool = True
     format_version: int = 1
 
@@ -90,6 +90,7 @@ class PriorityIndex:
         plain = trees.view(np.ndarray)
         self.sum, self.inv = plain[0], plain[1]
         self._undo = backend.open_log(UNDO) if writable else None
+        self.max_priority = 1.0  # the largest priority given so far; new rows get it
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -106,20 +107,21 @@ class PriorityIndex:
 
     @classmethod
     def open(cls, backend: LocalBackend, *, writable: bool, window: tuple[int, int, int | None],
-             checkpoint: int) -> PriorityIndex:
+             checkpoint: int, max_priority: float = 1.0) -> PriorityIndex:
         """Open an existing index; a writer repairs it first if it was not closed cleanly.
 
-        ``window`` is the committed (start, end, capacity) and ``checkpoint`` the checkpoint
-        number the last commit recorded.
+        ``window`` is the committed (start, end, capacity), ``checkpoint`` and
+        ``max_priority`` what the last commit recorded.
         """
-        header = read_header(backend)
-        index = cls(backend, header, writable=writable)
-        if writable and (not header.clean or header.checkpoint != checkpoint):
-            # The undo log holds changes made after checkpoint `header.checkpoint`; they are
-            # uncommitted only if the last commit recorded that same checkpoint.
-            index.recover(window, undo=header.checkpoint == checkpoint)
+        index = cls(backend, read_header(backend), writable=writable)
+        index.max_priority = max_priority
+        if writable:
+            logged = index.log_checkpoint()
+            if not index.header.clean or logged != checkpoint:
+                # Logged changes are uncommitted only if the log starts from the checkpoint
+                # the last commit recorded; otherwise that commit already includes them.
+                index.recover(window, undo=logged == checkpoint)
             index.checkpoint_now(checkpoint)
-        elif writable:
             index._set_header(clean=False)
         return index
 
@@ -127,13 +129,25 @@ class PriorityIndex:
         self.header = PriorityHeader(**{**self.header.to_json(), **changes})  # type: ignore[arg-type]
         self.backend.write(HEADER, json.dumps(self.header.to_json()).encode(), durable=True)
 
+    def _log_records(self) -> np.ndarray:
+        if self._undo is not None:
+            self._undo.flush()
+        data = self.backend.read(UNDO)
+        return np.frombuffer(data, _UNDO_RECORD, count=len(data) // _UNDO_RECORD.itemsize)
+
+    def log_checkpoint(self) -> int | None:
+        """The checkpoint the undo log starts from (None for an empty or foreign log)."""
+        records = self._log_records()
+        if len(records) == 0 or records["slot"][0] != -1:
+            return None
+        return int(records["old"][0])
+
     def recover(self, window: tuple[int, int, int | None], *, undo: bool) -> None:
         """Roll back changes since the last checkpoint (if ``undo``), clear the slots outside
         ``window``, and rebuild every inner node from the leaves."""
         leaves = self.sum[self.leaves:]
         if undo:
-            records = np.frombuffer(self.backend.read(UNDO), dtype=_UNDO_RECORD,
-                                    count=self.backend.size(UNDO) // _UNDO_RECORD.itemsize)
+            records = self._log_records()
             records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
             # Replay newest first, so each slot ends at the oldest value logged for it.
             leaves[records["slot"][::-1]] = records["old"][::-1]
@@ -144,12 +158,7 @@ class PriorityIndex:
         leaves[~valid] = 0.0
         leaves[~np.isfinite(leaves) | (leaves < 0)] = 0.0
         self.rebuild()
-        positive = leaves[leaves > 0]
-        if len(positive):
-            alpha = self.header.alpha
-            top = float(positive.max())
-            self.header = PriorityHeader(**{**self.header.to_json(), "max_priority":
-                                            top ** (1 / alpha) if alpha > 0 else 1.0})
+        self.flush()
 
     def rebuild(self) -> None:
         """Recompute every inner node of both trees from the leaves."""
@@ -173,14 +182,13 @@ class PriorityIndex:
         if self._undo is None:
             raise CorruptStoreError("this priority index is open read-only", key=self.key)
         self._undo.truncate(0)
-        self._set_header(clean=False, checkpoint=number)
+        start = np.array([(-1, float(number))], _UNDO_RECORD)
+        self._undo.write(start.tobytes())
+        self._undo.flush()
 
     def has_uncommitted_changes(self) -> bool:
-        """Whether leaves changed since the last checkpoint (the undo log is not empty)."""
-        if self._undo is None:
-            return False
-        self._undo.flush()
-        return self.backend.size(UNDO) > 0
+        """Whether leaves changed since the last checkpoint (the undo log holds records)."""
+        return self._undo is not None and len(self._log_records()) > 1
 
     def close(self) -> None:
         """Flush and mark the index clean (writers); later opens skip recovery."""
@@ -263,32 +271,30 @@ class PriorityIndex:
 
     def grown(self, slots: int) -> PriorityIndex:
         """A new, larger index (a new file) with the same leaves and undo log; closes this one."""
-        if self._undo is None:
-            raise CorruptStoreError("this priority index is open read-only", key=self.key)
-        self._undo.close()
-        self._undo = None
-        undo = self.backend.read(UNDO)
+        records = self._log_records()
         leaves = np.array(self.sum[self.leaves:])
-        header = self.header
-        bigger = PriorityIndex.create(self.backend, slots, header.alpha)
+        if self._undo is not None:
+            self._undo.close()
+            self._undo = None
+        bigger = PriorityIndex.create(self.backend, slots, self.header.alpha)
+        bigger.max_priority = self.max_priority
         bigger.sum[bigger.leaves:bigger.leaves + len(leaves)] = leaves
         bigger.rebuild()
         bigger.flush()
-        assert bigger._undo is not None
-        bigger._undo.write(undo)
-        bigger._undo.flush()
-        bigger._set_header(checkpoint=header.checkpoint, max_priority=header.max_priority)
+        if bigger._undo is not None:
+            bigger._undo.write(records.tobytes())
+            bigger._undo.flush()
         self.backend.delete(self.key)
         return bigger
 
     def note_max(self, priority: float) -> None:
-        if priority > self.header.max_priority:
-            self.header = PriorityHeader(**{**self.header.to_json(), "max_priority": priority})
+        self.max_priority = max(self.max_priority, priority)
 
 
 def leaves_for(slots: int) -> int:
-    """Leaves of a tree over ``slots`` slots: the next power of two."""
-    return 1 << max(0, (slots - 1).bit_length())
+    """Leaves of a tree over ``slots`` slots: the next power of two, at least 2 (so the root
+    is an inner node)."""
+    return 1 << max(1, (slots - 1).bit_length())
 
 
 def read_header(backend: LocalBackend) -> PriorityHeader:
