@@ -59,10 +59,6 @@ class CommitState:
             else:
                 raise ReadOnlyError(f"store {str(self.backend.root)!r} has no priority index "
                                     "yet; open it with mode='a' once to create one")
-        elif not self.writable and self.index.header.slots != priority.read_header(
-                self.backend).slots:
-            self.index = PriorityIndex.open(self.backend, writable=False,
-                                            window=(m.start, m.end, m.capacity), checkpoint=0)
         if alpha is not None and alpha != self.index.header.alpha:
             raise SchemaError(f"the store's priority index was built with alpha="
                               f"{self.index.header.alpha}, not {alpha}; priorities are stored "
@@ -104,6 +100,14 @@ class CommitState:
         self.reader.refresh(manifest)
         if full and self.index is not None:
             self.index.checkpoint_now(_checkpoint(manifest))
+
+    def refreshed(self) -> None:
+        """After a reader moved to a newer commit: follow an index the writer has grown."""
+        if self.index is not None and not self.writable and \
+                self.index.header.slots != priority.read_header(self.backend).slots:
+            m = self.reader.manifest
+            self.index = PriorityIndex.open(self.backend, writable=False,
+                                            window=(m.start, m.end, m.capacity), checkpoint=0)
 
     def close(self) -> None:
         """Close the index; a writer first undoes priority changes made since the last commit,

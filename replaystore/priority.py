@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import LocalBackend
-from .errors import CorruptStoreError, SchemaError
+from .errors import CorruptStoreError, ReadOnlyError, SchemaError
 from .layout import META
 
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
@@ -116,6 +116,9 @@ class PriorityIndex:
         index = cls(backend, read_header(backend), writable=writable)
         index.max_priority = max_priority
         if writable:
+            for key in backend.list(META):
+                if key.endswith(".tree") and key != index.key:
+                    backend.delete(key)  # left by a crash while the index grew
             logged = index.log_checkpoint()
             if not index.header.clean or logged != checkpoint:
                 # Logged changes are uncommitted only if the log starts from the checkpoint
@@ -144,20 +147,31 @@ class PriorityIndex:
 
     def recover(self, window: tuple[int, int, int | None], *, undo: bool) -> None:
         """Roll back changes since the last checkpoint (if ``undo``), clear the slots outside
-        ``window``, and rebuild every inner node from the leaves."""
+        ``window``, and recompute every inner node above a leaf that may have changed.
+
+        Every leaf changed since the checkpoint is in the log, so the nodes a writer may have
+        left half-updated all lie above logged leaves: recomputing those paths (rather than
+        the whole tree) repairs the index and keeps a large, sparse file sparse.
+        """
         leaves = self.sum[self.leaves:]
+        records = self._log_records()
+        records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
         if undo:
-            records = self._log_records()
-            records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
             # Replay newest first, so each slot ends at the oldest value logged for it.
             leaves[records["slot"][::-1]] = records["old"][::-1]
         start, end, capacity = window
         valid = np.zeros(self.leaves, bool)
         rows = np.arange(start, end)
         valid[rows if capacity is None else rows % capacity] = True
-        leaves[~valid] = 0.0
-        leaves[~np.isfinite(leaves) | (leaves < 0)] = 0.0
-        self.rebuild()
+        # Reading zero pages of the sparse file allocates nothing; only real changes write.
+        stray = np.flatnonzero((leaves != 0) & (~valid | ~np.isfinite(leaves) | (leaves < 0)))
+        leaves[stray] = 0.0
+        changed = np.unique(np.concatenate((records["slot"], stray)))
+        if len(changed):
+            values = leaves[changed]
+            with np.errstate(divide="ignore"):
+                self.inv[changed + self.leaves] = np.where(values > 0, 1.0 / values, 0.0)
+            self._propagate(changed + self.leaves)
         self.flush()
 
     def rebuild(self) -> None:
@@ -180,7 +194,8 @@ class PriorityIndex:
     def checkpoint_now(self, number: int) -> None:
         """Start a new undo log: the state flushed last is checkpoint ``number``."""
         if self._undo is None:
-            raise CorruptStoreError("this priority index is open read-only", key=self.key)
+            raise ReadOnlyError("this store's priority index is open read-only; open the store "
+                                "with mode='a' to change priorities")
         self._undo.truncate(0)
         start = np.array([(-1, float(number))], _UNDO_RECORD)
         self._undo.write(start.tobytes())
@@ -240,7 +255,8 @@ class PriorityIndex:
     def set(self, slots: np.ndarray, leaf_values: np.ndarray) -> None:
         """Set leaves (``priority ** alpha``); for duplicate slots the last value wins."""
         if not self.writable or self._undo is None:
-            raise CorruptStoreError("this priority index is open read-only", key=self.key)
+            raise ReadOnlyError("this store's priority index is open read-only; open the store "
+                                "with mode='a' to change priorities")
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         values = np.asarray(leaf_values, dtype=np.float64).reshape(-1)
         if len(slots) == 0:
@@ -270,20 +286,28 @@ class PriorityIndex:
             nodes >>= 1
 
     def grown(self, slots: int) -> PriorityIndex:
-        """A new, larger index (a new file) with the same leaves and undo log; closes this one."""
-        records = self._log_records()
-        leaves = np.array(self.sum[self.leaves:])
-        if self._undo is not None:
-            self._undo.close()
-            self._undo = None
-        bigger = PriorityIndex.create(self.backend, slots, self.header.alpha)
+        """A larger index with the same leaves and undo log; this one is closed and deleted.
+
+        The new tree file is complete and flushed before the header names it, so a crash
+        leaves either index whole (plus, at worst, an orphan file that the next open removes).
+        """
+        if self._undo is None:
+            raise ReadOnlyError("this store's priority index is open read-only")
+        leaves = leaves_for(slots)
+        key = TREE.format(leaves=leaves)
+        self.backend.allocate(key, 2 * 2 * leaves * 8)
+        trees = self.backend.memmap(key, "<f8", (2, 2 * leaves), writable=True)
+        trees.view(np.ndarray)[0, leaves:leaves + self.leaves] = self.sum[self.leaves:]
+        bigger_header = PriorityHeader(slots=slots, alpha=self.header.alpha, clean=False)
+        self._undo.flush()
+        self._undo.close()
+        self._undo = None
+        bigger = PriorityIndex(self.backend, bigger_header, writable=True)
         bigger.max_priority = self.max_priority
-        bigger.sum[bigger.leaves:bigger.leaves + len(leaves)] = leaves
         bigger.rebuild()
         bigger.flush()
-        if bigger._undo is not None:
-            bigger._undo.write(records.tobytes())
-            bigger._undo.flush()
+        del trees
+        bigger._set_header()
         self.backend.delete(self.key)
         return bigger
 

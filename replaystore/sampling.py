@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SchemaError
-from .priority import check_priorities
+from .priority import PriorityIndex, check_priorities
 from .store import Store
 
 
@@ -137,10 +137,15 @@ class PrioritizedSampler(Sampler):
                  eps: float = 1e-6, seed: int | None = None, name: str | None = None) -> None:
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps!r}")
-        self.index = store.priority_index(alpha)
+        store.priority_index(alpha)  # creates it, or checks alpha
         self.beta = beta
         self.eps = float(eps)
         super().__init__(store, seed=seed, name=name)
+
+    @property
+    def index(self) -> PriorityIndex:
+        """The store's index (looked up each time: an unbounded store's index grows)."""
+        return self.store.priority_index()
 
     @property
     def alpha(self) -> float:
@@ -167,7 +172,8 @@ class PrioritizedSampler(Sampler):
             leaf = index.leaf(slots)
         probabilities = leaf / total
         beta = self.current_beta()
-        weights = (index.min_leaf / leaf) ** beta
+        # min_leaf is 1 / (1 / x), which can be an ulp above x: clip so weights stay <= 1.
+        weights = np.minimum((index.min_leaf / leaf) ** beta, 1.0)
         self.steps += 1
         return Batch(slots, probabilities, weights)
 
@@ -184,8 +190,9 @@ class PrioritizedSampler(Sampler):
         live = self.store.committed_mask(slots)
         slots, values = slots[live], values[live] + self.eps
         if len(slots):
-            self.index.set(slots, values ** self.alpha)
-            self.index.note_max(float(values.max()))
+            index = self.index
+            index.set(slots, values ** index.header.alpha)
+            index.note_max(float(values.max()))
 
 
 class SequenceSampler(Sampler):

@@ -230,7 +230,10 @@ class Store:
         """Move this reader to the newest commit; True if it changed."""
         if self._writer is not None:
             return False
-        return self._reader.refresh()
+        changed = self._reader.refresh()
+        if changed:
+            self._state.refreshed()
+        return changed
 
     # -- priorities and samplers ----------------------------------------------------------
 
