@@ -1,0 +1,170 @@
+"""Shared-memory slots that carry whole batches from DataLoader workers to the main process.
+
+DataLoader's own transport creates a new shared-memory segment per tensor per batch (~2.8 ms
+for 1.8 MB here), which costs more than decoding the batch; each worker here reuses a few
+slots and sends only a small reference."""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+def _arrays(data: dict[str, np.ndarray], *, indices: np.ndarray,
+            weights: np.ndarray | None = None, probabilities: np.ndarray | None = None,
+            mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The batch as contiguous numpy arrays, the sampler's extras in their documented dtypes."""
+    out = {name: np.ascontiguousarray(array) for name, array in data.items()}
+    out["indices"] = np.ascontiguousarray(indices, dtype=np.int64)
+    if weights is not None:
+        out["weights"] = np.ascontiguousarray(weights, dtype=np.float32)
+    if probabilities is not None:
+        out["probabilities"] = np.ascontiguousarray(probabilities, dtype=np.float64)
+    if mask is not None:
+        out["mask"] = np.ascontiguousarray(mask, dtype=bool)
+    return out
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> Batch:
+    # store.get returns fresh, writable arrays, so from_numpy shares their memory (no copy).
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
+# -- shared slots: how ReplayLoader's workers hand batches over ------------------------------
+
+
+@functools.cache
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, np.dtype(dtype))).dtype
+
+
+def _shared_bytes(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of shared memory as a uint8 tensor, without touching (committing) them."""
+    try:
+        storage = torch.UntypedStorage._new_shared(nbytes)
+    except AttributeError:  # a torch without this helper: allocate, then move (touches pages)
+        return torch.zeros(nbytes, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+@dataclass(frozen=True)
+class _SlotRef:
+    """What a worker sends instead of a batch: where in the shared slots the batch lies."""
+
+    worker: int
+    slot: int
+    batch: int
+    nbytes: int
+    layout: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, dtype, shape, offset
+
+
+class _SlotRing:
+    """Per-worker rings of reusable shared-memory slots, each holding one whole batch.
+
+    DataLoader's own transport moves every tensor of every batch through a fresh shared-memory
+    segment (created, faulted in, passed by file descriptor, mapped and unmapped again); for a
+    batch of frames that costs more than decoding it. Here each worker copies the batch into
+    one of its slots, which every process mapped once, and sends a small :class:`_SlotRef`;
+    the main process lends the slot to the caller as tensors (or copies it into pinned memory)
+    and frees it when those tensors are gone.
+
+    A slot's header holds ``[state, batch]``: state 1 from the moment a worker filled it until
+    the main process is done with it, 0 when free. A worker only fills a free slot; when none
+    is free (the caller holds on to many batches) or a batch does not fit, it sends the batch
+    as tensors instead, so a slot is never overwritten while anything can still read it.
+    """
+
+    HEADER = 64  # bytes; every array starts on a 64-byte boundary
+
+    def __init__(self, workers: int, slots: int, slot_bytes: int) -> None:
+        self.workers, self.slots = workers, slots
+        self.slot_bytes = -(-slot_bytes // self.HEADER) * self.HEADER
+        self.buffer = _shared_bytes(workers * slots * self.slot_bytes).view(
+            workers, slots, self.slot_bytes)
+        self._view: np.ndarray | None = None
+        self._headers()[:] = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_view"] = None  # the tensor travels as shared memory; the numpy view is local
+        return state
+
+    def _array(self) -> np.ndarray:
+        if self._view is None:
+            self._view = self.buffer.numpy()
+        return self._view
+
+    def _headers(self) -> np.ndarray:
+        return self._array()[:, :, :16].view(np.int64)  # (workers, slots, 2)
+
+    def put(self, worker: int, batch: int, arrays: dict[str, np.ndarray]) -> _SlotRef | None:
+        """Copy ``arrays`` into a free slot of ``worker``; None if none is free or it won't fit."""
+        layout, offset = [], self.HEADER
+        for name, array in arrays.items():
+            layout.append((name, array.dtype.str, array.shape, offset))
+            offset += -(-array.nbytes // self.HEADER) * self.HEADER
+        if offset > self.slot_bytes:
+            return None
+        headers = self._headers()[worker]
+        free = np.flatnonzero(headers[:, 0] == 0)
+        if not len(free):
+            return None
+        slot = int(free[0])
+        memory = self._array()[worker, slot]
+        for (_, _, _, start), array in zip(layout, arrays.values(), strict=True):
+            memory[start:start + array.nbytes] = array.reshape(-1).view(np.uint8)
+        headers[slot] = (1, batch)  # after the data: the header says "a whole batch is here"
+        return _SlotRef(worker, slot, batch, offset - self.HEADER, tuple(layout))
+
+    def take(self, ref: _SlotRef, *, pin: bool) -> Batch:
+        """The batch ``ref`` points to, as a dict of tensors that are views of one buffer.
+
+        Without ``pin`` the buffer is the slot itself, lent to the caller: the slot is freed
+        when the last of those tensors is garbage, so nothing is copied (a worker that finds
+        no free slot sends its batch as tensors). With ``pin`` the batch is copied out into
+        page-locked memory and the slot freed at once.
+        """
+        header = self._headers()[ref.worker, ref.slot]
+        if tuple(header) != (1, ref.batch):
+            raise RuntimeError(f"shared slot {ref.slot} of worker {ref.worker} holds "
+                               f"{tuple(header)} instead of batch {ref.batch} (a replaystore bug)")
+        # A new ndarray object for this batch only; torch.from_numpy keeps it alive exactly as
+        # long as the storage that every field's tensor below shares.
+        region = self._array()[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
+        if pin:
+            out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
+            # numpy's copy is one single-threaded memcpy; torch's copy_ would wake its
+            # intra-op thread pool, which spins and steals CPU from the workers.
+            np.copyto(out.numpy(), region)
+            header[0] = 0  # free: the worker may fill it again
+        else:
+            out = torch.from_numpy(region)
+            release = weakref.finalize(region, _release_slot, self._headers(), ref.worker,
+                                       ref.slot, ref.batch)
+            release.atexit = False
+        # One reinterpretation of the buffer per dtype, then a slice per field: fewer torch
+        # calls than viewing each field's bytes (offsets are multiples of 64, so they divide).
+        typed: dict[str, torch.Tensor] = {}
+        batch = {}
+        for name, dtype, shape, offset in ref.layout:
+            view = typed.get(dtype)
+            if view is None:
+                view = typed[dtype] = out.view(_torch_dtype(dtype))
+            start = (offset - self.HEADER) // view.element_size()
+            batch[name] = view[start:start + math.prod(shape)].view(shape)
+        return batch
+
+
+def _release_slot(headers: np.ndarray, worker: int, slot: int, batch: int) -> None:
+    if headers[worker, slot, 1] == batch:
+        headers[worker, slot, 0] = 0
+
+
