@@ -35,13 +35,26 @@ def gather(reader: Reader, episode_starts: np.ndarray, slots: np.ndarray,
     m = reader.manifest
     rows = flat if m.capacity is None else m.start + (flat - m.start) % m.capacity
     first = episode_starts[np.searchsorted(episode_starts, rows, side="right") - 1]
+    names = tuple(names)
+    # Stack rows of every derived field, per stored field: stacks of neighbouring rows share
+    # frames (obs and next_obs stacks of one row share k - 1), so each is decoded once.
+    wanted: dict[str, np.ndarray] = {}
+    for name in names:
+        field = reader.schema[name]
+        depth = field.stack - 1 if field.next_of is not None else field.stack
+        if field.derived and depth > 0:
+            wanted[name] = np.maximum(rows[:, None] + np.arange(1 - depth, 1)[None, :],
+                                      first[:, None])
+    frames = _decode_once(reader, wanted)
     out = {}
     for name in names:
         field = reader.schema[name]
         if field.next_of is not None:
-            values = _next_stack(reader, field.name, field.next_of, field.stack, rows, first)
+            nxt = _next_frames(reader, name, field.next_of, rows)
+            values = nxt if field.stack == 1 else np.concatenate(
+                (frames[name], nxt[:, None]), axis=1)
         elif field.stack > 1:
-            values = _stack(reader, name, field.stack, rows, first)
+            values = frames[name]
         else:
             values = reader.gather(name, flat)
         out[name] = values.reshape(slots.shape + field.read_shape)
@@ -53,11 +66,24 @@ def _slots(reader: Reader, rows: np.ndarray) -> np.ndarray:
     return rows if capacity is None else rows % capacity
 
 
-def _stack(reader: Reader, name: str, k: int, rows: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Frames ``rows - k + 1 .. rows`` of ``name`` (clipped at ``first``): shape (n, k, ...)."""
-    wanted = np.maximum(rows[:, None] + np.arange(1 - k, 1)[None, :], first[:, None])
-    frames = reader.gather(name, _slots(reader, wanted.reshape(-1)))
-    return frames.reshape(len(rows), k, *frames.shape[1:])
+def _decode_once(reader: Reader, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For each derived field, its stack frames (n, depth, ...), each stored row read once."""
+    by_source: dict[str, list[str]] = {}
+    for name in wanted:
+        field = reader.schema[name]
+        by_source.setdefault(field.next_of or name, []).append(name)
+    frames = {}
+    for source, names in by_source.items():
+        unique, inverse = np.unique(np.concatenate([wanted[n].reshape(-1) for n in names]),
+                                    return_inverse=True)
+        values = reader.gather(source, _slots(reader, unique))[inverse]
+        offset = 0
+        for name in names:
+            shape = wanted[name].shape
+            count = shape[0] * shape[1]
+            frames[name] = values[offset:offset + count].reshape(*shape, *values.shape[1:])
+            offset += count
+    return frames
 
 
 def _next_frames(reader: Reader, name: str, target: str, rows: np.ndarray) -> np.ndarray:
@@ -71,13 +97,3 @@ def _next_frames(reader: Reader, name: str, target: str, rows: np.ndarray) -> np
                                     "committed successor")
         values[missing] = reader.gather(target, successors)
     return values
-
-
-def _next_stack(reader: Reader, name: str, target: str, k: int, rows: np.ndarray,
-                first: np.ndarray) -> np.ndarray:
-    nxt = _next_frames(reader, name, target, rows)
-    if k == 1:
-        return nxt
-    # The stack one step later: frames rows-k+2 .. rows of the target, then the next frame.
-    earlier = _stack(reader, target, k - 1, rows, first)
-    return np.concatenate((earlier, nxt[:, None]), axis=1)
