@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +123,10 @@ class PriorityIndex:
             logged = index.log_checkpoint()
             if not index.header.clean or logged != checkpoint:
                 # Logged changes are uncommitted only if the log starts from the checkpoint
-                # the last commit recorded; otherwise that commit already includes them.
-                index.recover(window, undo=logged == checkpoint)
+                # the last commit recorded; otherwise that commit already includes them. After
+                # an unclean stop every inner node is recomputed: a power loss may have kept
+                # tree pages whose undo records never reached the disk.
+                index.recover(window, undo=logged == checkpoint, rebuild=True)
             index.checkpoint_now(checkpoint)
             index._set_header(clean=False)
         return index
@@ -145,13 +148,15 @@ class PriorityIndex:
             return None
         return int(records["old"][0])
 
-    def recover(self, window: tuple[int, int, int | None], *, undo: bool) -> None:
+    def recover(self, window: tuple[int, int, int | None], *, undo: bool,
+                rebuild: bool = False) -> None:
         """Roll back changes since the last checkpoint (if ``undo``), clear the slots outside
-        ``window``, and recompute every inner node above a leaf that may have changed.
+        ``window``, and recompute the inner nodes: all of them with ``rebuild``, else only
+        those above a leaf that may have changed.
 
-        Every leaf changed since the checkpoint is in the log, so the nodes a writer may have
-        left half-updated all lie above logged leaves: recomputing those paths (rather than
-        the whole tree) repairs the index and keeps a large, sparse file sparse.
+        Every leaf changed since the checkpoint is in the log, so after a process stops the
+        nodes it may have left half-updated all lie above logged leaves: recomputing those
+        paths repairs the index and keeps a large, sparse file sparse.
         """
         leaves = self.sum[self.leaves:]
         records = self._log_records()
@@ -167,7 +172,9 @@ class PriorityIndex:
         stray = np.flatnonzero((leaves != 0) & (~valid | ~np.isfinite(leaves) | (leaves < 0)))
         leaves[stray] = 0.0
         changed = np.unique(np.concatenate((records["slot"], stray)))
-        if len(changed):
+        if rebuild:
+            self.rebuild()
+        elif len(changed):
             values = leaves[changed]
             with np.errstate(divide="ignore"):
                 self.inv[changed + self.leaves] = np.where(values > 0, 1.0 / values, 0.0)
@@ -200,6 +207,7 @@ class PriorityIndex:
         start = np.array([(-1, float(number))], _UNDO_RECORD)
         self._undo.write(start.tobytes())
         self._undo.flush()
+        os.fsync(self._undo.fileno())  # the checkpoint a later recovery compares against
 
     def has_uncommitted_changes(self) -> bool:
         """Whether leaves changed since the last checkpoint (the undo log holds records)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import SchemaError
 from .priority import PriorityIndex, check_priorities
-from .store import Store
+from .store import Store, as_slots
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class PrioritizedSampler(Sampler):
         Duplicate slots: the last value wins. Slots no longer committed (overwritten by the
         ring since they were sampled) are skipped.
         """
-        slots = np.asarray(indices, dtype=np.int64).reshape(-1)
+        slots = as_slots(indices).reshape(-1)
         values = check_priorities(priorities).reshape(-1)
         if len(values) != len(slots):
             raise ValueError(f"got {len(slots)} indices but {len(values)} priorities")
@@ -279,7 +279,7 @@ def nstep(store: Store, indices: Any, n: int, gamma: float) -> dict[str, np.ndar
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
     m = store.manifest
-    slots = np.asarray(indices, dtype=np.int64)
+    slots = as_slots(indices)
     if not store.committed_mask(slots.reshape(-1)).all():
         store.get(slots.reshape(-1), fields=["reward"])  # raises IndexError naming the slot
     rows = to_rows(slots.reshape(-1), m.start, m.capacity)

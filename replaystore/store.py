@@ -170,14 +170,8 @@ class Store:
         committed row raise IndexError; ``fields`` limits the fields read.
         """
         self._require_open()
-        slots = np.asarray(indices)
-        if slots.dtype.kind not in "iu":
-            if slots.size == 0:
-                slots = slots.astype(np.int64)
-            else:
-                raise TypeError(f"indices must be integers, got dtype {slots.dtype}")
+        slots = as_slots(indices)
         names = self.schema.names if fields is None else tuple(fields)
-        slots = slots.astype(np.int64, copy=False)
         if any(self.schema[name].derived for name in names):  # KeyError names unknown fields
             return frames.gather(self._reader, self.episode_segments()[0], slots, names)
         return self._reader.get(slots, names)
@@ -281,6 +275,14 @@ class Store:
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None:
             self._lock.release()  # type: ignore[union-attr]
+
+
+def as_slots(indices: Any) -> np.ndarray:
+    """``indices`` as an int64 array; TypeError for non-integer values (2.9 is not a slot)."""
+    slots = np.asarray(indices)
+    if slots.dtype.kind not in "iu" and slots.size:
+        raise TypeError(f"indices must be integers, got dtype {slots.dtype}")
+    return slots.astype(np.int64, copy=False)
 
 
 def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schema, *,

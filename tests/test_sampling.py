@@ -648,3 +648,15 @@ def test_sampling_an_empty_store_raises(tmp_path):
         with pytest.raises(IndexError, match="no committed rows"):
             sampler.sample(1)
     store.close()
+
+
+def test_float_indices_are_refused_not_truncated(tmp_path):
+    store = rs.create(tmp_path / "s", {"obs": ((2,), "float32")})
+    store.extend({"obs": np.zeros((10, 2)), "reward": np.ones(10),
+                  "terminated": np.zeros(10, bool), "truncated": np.zeros(10, bool)})
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, seed=0)
+    with pytest.raises(TypeError, match="indices must be integers"):
+        sampler.update_priorities([2.9], [5.0])
+    with pytest.raises(TypeError, match="indices must be integers"):
+        rs.nstep(store, [0.7], 2, 0.9)

@@ -141,12 +141,12 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
         self.path = os.fspath(path)
         self.batch_size = int(batch_size)
         self.sampler = sampler
-        self.batches_per_epoch = batches_per_epoch
+        self.batches_per_epoch = None if batches_per_epoch is None else int(batches_per_epoch)
         self.fields = None if fields is None else tuple(fields)
         self.seed = int(seed)
         self.alpha = alpha
         self.beta = beta
-        self.length = length
+        self.length = None if length is None else int(length)
         self.pad = pad
         self.drop_last = drop_last
         self.refresh_every = refresh_every
