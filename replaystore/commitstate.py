@@ -29,9 +29,8 @@ class StatefulSampler(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
-def _slots(first: int, stop: int, capacity: int | None) -> np.ndarray:
-    rows = np.arange(first, stop, dtype=np.int64)
-    return rows if capacity is None else rows % capacity
+def _slots(manifest: Manifest, first: int, stop: int) -> np.ndarray:
+    return manifest.slot_of(np.arange(first, stop, dtype=np.int64))
 
 
 class CommitState:
@@ -68,7 +67,7 @@ class CommitState:
     def _create(self, m: Manifest, alpha: float) -> PriorityIndex:
         slots = m.capacity or max(MIN_UNBOUNDED_SLOTS, 2 * m.end)
         index = PriorityIndex.create(self.backend, slots, alpha)
-        index.set(_slots(m.start, m.end, m.capacity),
+        index.set(_slots(m, m.start, m.end),
                   np.full(m.rows, index.max_priority ** alpha))
         index.flush()
         index.checkpoint_now(_checkpoint(m))
@@ -82,9 +81,9 @@ class CommitState:
         if index is not None:
             if new.capacity is None and new.end > index.leaves:
                 self.index = index = index.grown(2 * new.end)
-            retired = _slots(old.start, min(new.start, old.end), new.capacity)
+            retired = _slots(new, old.start, min(new.start, old.end))
             index.set(retired, np.zeros(len(retired)))
-            fresh = _slots(max(old.end, new.start), new.end, new.capacity)
+            fresh = _slots(new, max(old.end, new.start), new.end)
             alpha = index.header.alpha
             index.set(fresh, np.full(len(fresh), index.max_priority ** alpha))
             if full:

@@ -33,7 +33,7 @@ def gather(reader: Reader, episode_starts: np.ndarray, slots: np.ndarray,
     flat = slots.reshape(-1)
     reader.check_slots(flat)
     m = reader.manifest
-    rows = flat if m.capacity is None else m.start + (flat - m.start) % m.capacity
+    rows = m.row_of(flat)
     first = episode_starts[np.searchsorted(episode_starts, rows, side="right") - 1]
     names = tuple(names)
     # Stack rows of every derived field, per stored field: stacks of neighbouring rows share
@@ -61,11 +61,6 @@ def gather(reader: Reader, episode_starts: np.ndarray, slots: np.ndarray,
     return out
 
 
-def _slots(reader: Reader, rows: np.ndarray) -> np.ndarray:
-    capacity = reader.manifest.capacity
-    return rows if capacity is None else rows % capacity
-
-
 def _decode_once(reader: Reader, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """For each derived field, its stack frames (n, depth, ...), each stored row read once."""
     by_source: dict[str, list[str]] = {}
@@ -76,7 +71,7 @@ def _decode_once(reader: Reader, wanted: dict[str, np.ndarray]) -> dict[str, np.
     for source, names in by_source.items():
         unique, inverse = np.unique(np.concatenate([wanted[n].reshape(-1) for n in names]),
                                     return_inverse=True)
-        values = reader.gather(source, _slots(reader, unique))[inverse]
+        values = reader.gather(source, reader.manifest.slot_of(unique))[inverse]
         offset = 0
         for name in names:
             shape = wanted[name].shape
@@ -89,9 +84,9 @@ def _decode_once(reader: Reader, wanted: dict[str, np.ndarray]) -> dict[str, np.
 def _next_frames(reader: Reader, name: str, target: str, rows: np.ndarray) -> np.ndarray:
     """The next observation after each row: stored at episode ends, else the next row's."""
     missing = np.zeros(len(rows), bool)
-    values = reader.gather(name, _slots(reader, rows), missing)
+    values = reader.gather(name, reader.manifest.slot_of(rows), missing)
     if missing.any():
-        successors = _slots(reader, rows[missing] + 1)
+        successors = reader.manifest.slot_of(rows[missing] + 1)
         if not reader.committed_mask(successors).all():
             raise CorruptStoreError(f"field {name!r}: a row without a stored next value has no "
                                     "committed successor")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .backend import LocalBackend
 from .errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
 from .layout import FORMAT_VERSION, MANIFEST, dumps
@@ -60,6 +62,14 @@ class Manifest:
     def extent(self) -> int:
         """Number of slots that have ever held a committed row (the zarr arrays' length)."""
         return self.end if self.capacity is None else min(self.end, self.capacity)
+
+    def slot_of(self, rows: np.ndarray) -> np.ndarray:
+        """Slots of global row numbers."""
+        return rows if self.capacity is None else rows % self.capacity
+
+    def row_of(self, slots: np.ndarray) -> np.ndarray:
+        """Global row numbers of slots in the committed window (inverse of :meth:`slot_of`)."""
+        return slots if self.capacity is None else self.start + (slots - self.start) % self.capacity
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)

@@ -91,18 +91,6 @@ class Sampler:
         return m.start, m.end, m.capacity
 
 
-def to_slots(rows: np.ndarray, capacity: int | None) -> np.ndarray:
-    """Slots of global row numbers."""
-    return rows if capacity is None else rows % capacity
-
-
-def to_rows(slots: np.ndarray, start: int, capacity: int | None) -> np.ndarray:
-    """Global row numbers of committed slots (the inverse of :func:`to_slots` in a window)."""
-    if capacity is None:
-        return slots
-    return start + (slots - start) % capacity
-
-
 def _check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -114,10 +102,10 @@ class UniformSampler(Sampler):
 
     def sample(self, batch_size: int) -> Batch:
         batch_size = _check_batch_size(batch_size)
-        start, end, capacity = self._window()
+        start, end, _ = self._window()
         rows = self.rng.integers(start, end, batch_size)
         self.steps += 1
-        return Batch(to_slots(rows, capacity))
+        return Batch(self.store.manifest.slot_of(rows))
 
 
 class PrioritizedSampler(Sampler):
@@ -226,7 +214,7 @@ class SequenceSampler(Sampler):
 
     def sample(self, batch_size: int) -> Batch:
         batch_size = _check_batch_size(batch_size)
-        capacity = self._window()[2]
+        self._window()
         self._refresh()
         total = int(self._cumulative[-1]) if len(self._cumulative) else 0
         if total == 0:
@@ -240,7 +228,7 @@ class SequenceSampler(Sampler):
         mask = rows <= last
         rows = np.minimum(rows, last)
         self.steps += 1
-        return Batch(to_slots(rows, capacity), mask=mask if self.pad else None)
+        return Batch(self.store.manifest.slot_of(rows), mask=mask if self.pad else None)
 
 
 class EpisodeSampler(Sampler):
@@ -253,10 +241,10 @@ class EpisodeSampler(Sampler):
         if len(table) == 0:
             raise IndexError("the store holds no finished episode")
         picks = self.rng.integers(0, len(table), count)
-        capacity = self.store.capacity
         self.steps += 1
-        return [to_slots(np.arange(table["start"][i], table["start"][i] + table["length"][i]),
-                         capacity) for i in picks.tolist()]
+        slot_of = self.store.manifest.slot_of
+        return [slot_of(np.arange(table["start"][i], table["start"][i] + table["length"][i]))
+                for i in picks.tolist()]
 
     def sample(self, batch_size: int) -> Batch:
         """One episode's slots as a batch (``batch_size`` must be 1)."""
@@ -282,10 +270,10 @@ def nstep(store: Store, indices: Any, n: int, gamma: float) -> dict[str, np.ndar
     slots = as_slots(indices)
     if not store.committed_mask(slots.reshape(-1)).all():
         store.get(slots.reshape(-1), fields=["reward"])  # raises IndexError naming the slot
-    rows = to_rows(slots.reshape(-1), m.start, m.capacity)
+    rows = m.row_of(slots.reshape(-1))
     ahead = rows[:, None] + np.arange(n)[None, :]
     available = ahead < m.end
-    data = store.get(to_slots(np.where(available, ahead, rows[:, None]), m.capacity),
+    data = store.get(m.slot_of(np.where(available, ahead, rows[:, None])),
                      fields=["reward", "terminated", "truncated"])
     total = np.zeros(len(rows))
     discount = np.ones(len(rows))
@@ -302,4 +290,4 @@ def nstep(store: Store, indices: Any, n: int, gamma: float) -> dict[str, np.ndar
     shape = slots.shape
     return {"return": total.reshape(shape),
             "discount": np.where(terminal, 0.0, discount).reshape(shape),
-            "bootstrap": to_slots(last, m.capacity).reshape(shape)}
+            "bootstrap": m.slot_of(last).reshape(shape)}

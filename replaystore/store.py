@@ -180,7 +180,7 @@ class Store:
         """The slots of all committed rows, oldest first."""
         m = self._reader.manifest
         rows = np.arange(m.start, m.end, dtype=np.int64)
-        return rows if m.capacity is None else rows % m.capacity
+        return m.slot_of(rows)
 
     @property
     def episodes(self) -> np.ndarray:

@@ -319,7 +319,7 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
                     f"not all committed in this reader (it holds rows {m.start}..{m.end - 1}): "
                     "a ring writer overwrote some since the epoch began; epochs without "
                     "replacement need rows that stay put for the epoch")
-            slots = rows if m.capacity is None else rows % m.capacity
+            slots = m.slot_of(rows)
             try:
                 data = store.get(slots, self.fields)
             except StaleReadError:
