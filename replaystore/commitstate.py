@@ -15,7 +15,7 @@ import numpy as np
 
 from . import priority
 from .backend import LocalBackend
-from .errors import ReadOnlyError, SchemaError
+from .errors import CorruptStoreError, ReadOnlyError, SchemaError
 from .manifest import Manifest
 from .priority import PriorityIndex
 
@@ -105,8 +105,14 @@ class CommitState:
         if self.index is not None and not self.writable and \
                 self.index.header.slots != priority.read_header(self.backend).slots:
             m = self.reader.manifest
-            self.index = PriorityIndex.open(self.backend, writable=False,
-                                            window=(m.start, m.end, m.capacity), checkpoint=0)
+            window = (m.start, m.end, m.capacity)
+            try:
+                self.index = PriorityIndex.open(self.backend, writable=False, window=window,
+                                                checkpoint=0)
+            except (CorruptStoreError, FileNotFoundError):
+                # The writer grew the index again between our header read and the mapping.
+                self.index = PriorityIndex.open(self.backend, writable=False, window=window,
+                                                checkpoint=0)
 
     def close(self) -> None:
         """Close the index; a writer first undoes priority changes made since the last commit,

@@ -302,19 +302,25 @@ class PriorityIndex:
         if self._undo is None:
             raise ReadOnlyError("this store's priority index is open read-only")
         leaves = leaves_for(slots)
-        key = TREE.format(leaves=leaves)
-        self.backend.allocate(key, 2 * 2 * leaves * 8)
-        trees = self.backend.memmap(key, "<f8", (2, 2 * leaves), writable=True)
-        trees.view(np.ndarray)[0, leaves:leaves + self.leaves] = self.sum[self.leaves:]
-        bigger_header = PriorityHeader(slots=slots, alpha=self.header.alpha, clean=False)
+        self.backend.allocate(TREE.format(leaves=leaves), 2 * 2 * leaves * 8)
         self._undo.flush()
         self._undo.close()
         self._undo = None
-        bigger = PriorityIndex(self.backend, bigger_header, writable=True)
+        bigger = PriorityIndex(self.backend, PriorityHeader(slots, self.header.alpha, False),
+                               writable=True)
         bigger.max_priority = self.max_priority
-        bigger.rebuild()
+        # The old tree becomes the leftmost subtree of the new one: copy it level by level
+        # (writing only its pages, so the new file stays sparse), then the path to the root.
+        shift = (leaves // self.leaves).bit_length() - 1
+        level = 1
+        while level <= self.leaves:
+            for new, old in ((bigger.sum, self.sum), (bigger.inv, self.inv)):
+                new[level << shift:(level << shift) + level] = old[level:2 * level]
+            level *= 2
+        for node in (1 << j for j in range(shift - 1, -1, -1)):
+            bigger.sum[node] = bigger.sum[2 * node] + bigger.sum[2 * node + 1]
+            bigger.inv[node] = max(bigger.inv[2 * node], bigger.inv[2 * node + 1])
         bigger.flush()
-        del trees
         bigger._set_header()
         self.backend.delete(self.key)
         return bigger

@@ -551,7 +551,7 @@ from test_priority import rows
 point = sys.argv[2]
 store = rs.open(sys.argv[1], "a")
 sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0)
-allocate, rebuild = LocalBackend.allocate, PriorityIndex.rebuild
+allocate, flush = LocalBackend.allocate, PriorityIndex.flush
 
 
 def allocate_then_die(self, *args, **kwargs):
@@ -560,14 +560,14 @@ def allocate_then_die(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def rebuild_then_die(self):
-    rebuild(self)
+def flush_then_die(self):
+    flush(self)  # the first flush of this run is the grown index's, before its header
     if point == "leaves-copied":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 LocalBackend.allocate = allocate_then_die
-PriorityIndex.rebuild = rebuild_then_die
+PriorityIndex.flush = flush_then_die
 sampler.update_priorities(np.arange(10), np.full(10, 100.0))  # never committed
 store.extend(rows(1000, 70_000))
 store.commit()  # grows the index past 65,536 slots; SIGKILLed inside, before the manifest
@@ -715,3 +715,24 @@ class PriorityModel(RuleBasedStateMachine):
 PriorityModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
                                            suppress_health_check=[HealthCheck.too_slow])
 TestPriorityModel = PriorityModel.TestCase
+
+
+def test_a_grown_index_stays_sparse_and_keeps_its_sums(tmp_path):
+    path = tmp_path / "s"
+    store = rs.create(path, FIELDS)
+    store.extend(rows(0, 1000))
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0, seed=0)
+    sampler.update_priorities(np.arange(10), np.arange(10) + 2.0)
+    store.commit()
+    before = store.priority_index().leaves
+    store.extend(rows(1000, 70_000))
+    store.commit()  # grows the index
+    index = store.priority_index()
+    assert index.leaves > before
+    inner = np.arange(1, index.leaves)
+    np.testing.assert_array_equal(index.sum[inner], index.sum[2 * inner] + index.sum[2 * inner + 1])
+    # 990 rows at 1, ten at 2..11, then 70,000 new rows at the running maximum, 11.
+    assert index.total == 990 + sum(range(2, 12)) + 70_000 * 11
+    stat = tree_file(path).stat()
+    assert stat.st_blocks * 512 < stat.st_size / 2, (stat.st_blocks * 512, stat.st_size)
