@@ -18,3 +18,15 @@ def test_cli_help_does_not_import_torch():
             "cli.main(['--help'], standalone_mode=False); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_every_subpackage_ships_in_a_non_editable_install():
+    # setuptools' explicit package list does not pick up new subpackages by itself, and tests run
+    # from the checkout would not notice a package missing from the wheel.
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "replaystore").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
