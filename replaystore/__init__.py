@@ -21,11 +21,14 @@ from .errors import (
     StaleReadError,
     StoreExistsError,
     StoreNotFoundError,
+    StoreReplacedError,
     WriterLockedError,
 )
 from .layout import FORMAT_VERSION
 from .manifest import Manifest
 from .priority import PriorityIndex
+from .prune import Selection, prune
+from .rewrite import RewriteReport, compact, rewrite
 from .sampling import (
     Batch,
     EpisodeSampler,
@@ -39,6 +42,7 @@ from .sampling import (
 from .schema import Field, Schema
 from .store import Store, create, open
 from .summary import summarize
+from .verify import Problem, RepairReport, VerifyReport, repair, verify
 
 __version__ = "0.1.0"
 
@@ -56,21 +60,32 @@ __all__ = [
     "Manifest",
     "PrioritizedSampler",
     "PriorityIndex",
+    "Problem",
     "ReadOnlyError",
+    "RepairReport",
     "ReplayStoreError",
+    "RewriteReport",
     "Sampler",
     "Schema",
     "SchemaError",
+    "Selection",
     "SequenceSampler",
     "StaleReadError",
     "Store",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreReplacedError",
     "UniformSampler",
+    "VerifyReport",
     "WriterLockedError",
     "__version__",
+    "compact",
     "create",
     "nstep",
     "open",
+    "prune",
+    "repair",
+    "rewrite",
     "summarize",
+    "verify",
 ]

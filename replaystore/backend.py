@@ -15,6 +15,8 @@ directory after it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import itertools
 import os
 import re
@@ -30,6 +32,7 @@ from .lock import WriterLock
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 TMP_MARK = ".tmp-"
+_RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 def check_key(key: str) -> str:
@@ -131,6 +134,10 @@ class LocalBackend:
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
 
+    def allocated(self, key: str) -> int:
+        """Bytes of disk the stored value occupies (less than its size when sparse)."""
+        return self._path(key).stat().st_blocks * 512
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -189,6 +196,62 @@ class LocalBackend:
         """The pid of the live process holding the lock at ``key``, or None."""
         return WriterLock.holder(self._path(key))
 
+    # -- replacing the whole store (prune, compact, repair) ----------------------------------
+
+    def identity(self) -> tuple[int, int]:
+        """What the root currently is (device, inode); it changes when the store is replaced."""
+        st = self.root.stat()
+        return st.st_dev, st.st_ino
+
+    def staging(self) -> LocalBackend:
+        """An empty backend beside this one, where a replacement store is built.
+
+        A staging folder left by a rewrite that died is deleted here, so callers must hold
+        the store's writer lock (only one rewrite at a time).
+        """
+        staged = LocalBackend(self._sibling("rewrite"))
+        if staged.root.exists():
+            staged.destroy()
+        staged.make_container()
+        self._fsync_dir(self.root.parent)
+        return staged
+
+    def replace_with(self, staged: LocalBackend) -> None:
+        """Make the content of ``staged`` (fully written and synced) this store's content.
+
+        Readers and a crash see the old store or the new one, never a mix: the two folders are
+        exchanged with one ``renameat2(RENAME_EXCHANGE)`` call. Where the file system lacks
+        it, an intent file is written first and :meth:`finish_replace` completes the two
+        renames after a crash. The old content is deleted afterwards.
+        """
+        self._fsync_dir(staged.root)
+        if _exchange(staged.root, self.root):
+            self._fsync_dir(self.root.parent)
+            staged.destroy()
+            return
+        intent = self._sibling("replace")
+        intent.write_bytes(b"")
+        self._fsync_dir(self.root.parent)
+        os.rename(self.root, self._sibling("old"))
+        self.finish_replace()
+
+    def finish_replace(self) -> None:
+        """Complete a fallback replacement that a crash interrupted (see :meth:`replace_with`)."""
+        intent, staged, old = (self._sibling(t) for t in ("replace", "rewrite", "old"))
+        if not intent.exists() or (self.root.exists() and staged.exists()):
+            return  # nothing begun, or the rewriter (holding the old store's lock) is mid-way
+        try:
+            os.rename(staged, self.root)
+        except OSError:
+            if not self.root.exists():  # else a concurrent opener finished it for us
+                raise
+        self._fsync_dir(self.root.parent)
+        intent.unlink(missing_ok=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _sibling(self, tag: str) -> Path:
+        return self.root.parent / f".{self.root.name}.{tag}"
+
     def _make_parent(self, path: Path) -> None:
         parent = path.parent
         if parent.is_dir():
@@ -207,3 +270,18 @@ class LocalBackend:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically; False where the platform or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -61,6 +61,10 @@ class StaleReadError(ReplayStoreError):
     """Rows of this reader's snapshot were overwritten by the ring writer; call ``refresh()``."""
 
 
+class StoreReplacedError(StaleReadError):
+    """The store was replaced (pruned, compacted or repaired) after this reader opened it."""
+
+
 class ClosedError(ReplayStoreError, ValueError):
     """The store was closed."""
 
@@ -76,5 +80,6 @@ __all__ = [
     "StaleReadError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreReplacedError",
     "WriterLockedError",
 ]

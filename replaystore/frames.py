@@ -50,7 +50,7 @@ def gather(reader: Reader, episode_starts: np.ndarray, slots: np.ndarray,
     for name in names:
         field = reader.schema[name]
         if field.next_of is not None:
-            nxt = _next_frames(reader, name, field.next_of, rows)
+            nxt = next_frames(reader, name, field.next_of, rows)
             values = nxt if field.stack == 1 else np.concatenate(
                 (frames[name], nxt[:, None]), axis=1)
         elif field.stack > 1:
@@ -81,7 +81,7 @@ def _decode_once(reader: Reader, wanted: dict[str, np.ndarray]) -> dict[str, np.
     return frames
 
 
-def _next_frames(reader: Reader, name: str, target: str, rows: np.ndarray) -> np.ndarray:
+def next_frames(reader: Reader, name: str, target: str, rows: np.ndarray) -> np.ndarray:
     """The next observation after each row: stored at episode ends, else the next row's."""
     missing = np.zeros(len(rows), bool)
     values = reader.gather(name, reader.manifest.slot_of(rows), missing)

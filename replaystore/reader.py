@@ -18,7 +18,7 @@ import numpy as np
 from .backend import LocalBackend
 from .cache import ChunkPool, ShardCache
 from .codecs import decode_chunk
-from .errors import CorruptChunkError, StaleReadError
+from .errors import CorruptChunkError, StaleReadError, StoreReplacedError
 from .layout import chunk_key
 from .manifest import Manifest, load_manifest
 from .schema import Field, Schema
@@ -32,6 +32,7 @@ class Reader:
         self.backend = backend
         self.schema = schema
         self.manifest = manifest
+        self._identity = backend.identity()
         total = max(1, schema.row_nbytes)
         self._caches: dict[str, ChunkPool | ShardCache] = {
             f.name: (ShardCache if f.codec.per_row else ChunkPool)(
@@ -94,10 +95,24 @@ class Reader:
     def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
         key = chunk_key(field, chunk)
         try:
-            return self.backend.read(key), key
+            data = self.backend.read(key)
         except FileNotFoundError:
+            self.check_identity()
             raise CorruptChunkError(f"chunk file {key!r} of field {field.name!r} is missing "
                                     "but holds committed rows", key=key, field=field.name) from None
+        self.check_identity()  # after the read: a replacement before it is caught here
+        return data, key
+
+    def check_identity(self) -> None:
+        """Raise StoreReplacedError if prune, compact or repair replaced the store's folder."""
+        try:
+            same = self.backend.identity() == self._identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StoreReplacedError(
+                f"the store at {str(self.backend.root)!r} was replaced (pruned, compacted or "
+                "repaired) after this reader opened it: its slots changed; open it again")
 
     def _load(self, field: Field, chunk: int, dest: np.ndarray) -> None:
         data, key = self._read(field, chunk)
@@ -127,6 +142,7 @@ class Reader:
 
     def refresh(self, manifest: Manifest | None = None) -> bool:
         """Move to ``manifest`` (default: the newest on disk); True if anything changed."""
+        self.check_identity()
         new = manifest if manifest is not None else load_manifest(self.backend)
         if new.commit_seq == self.manifest.commit_seq:
             return False

@@ -370,6 +370,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
     backend = LocalBackend(path)
+    backend.finish_replace()
     if not backend.is_container():
         raise StoreNotFoundError(f"no replay store at {str(path)!r}: not a directory")
     if _interrupted_create(backend):
