@@ -24,3 +24,26 @@ class StorePath(click.ParamType):
 
 
 STORE = StorePath()
+
+
+class FieldCodec(click.ParamType):
+    """``FIELD=SPEC``, e.g. ``obs=zstd:3`` (see ``replaystore.Codec.parse`` for specs)."""
+
+    name = "FIELD=SPEC"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, str]:
+        from replaystore import Codec, SchemaError
+
+        if isinstance(value, tuple):
+            return value
+        name, sep, spec = str(value).partition("=")
+        if not sep or not name:
+            self.fail(f"{value!r}: expected FIELD=SPEC, e.g. obs=zstd:3", param, ctx)
+        try:
+            return name, str(Codec.parse(spec))
+        except SchemaError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+FIELD_CODEC = FieldCodec()
