@@ -12,6 +12,7 @@ import click
 # ``replaystore --help`` starts without loading numpy-heavy code.
 COMMANDS = {
     "info": (".info", "info"),
+    "record": (".record", "record"),
 }
 
 
