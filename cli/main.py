@@ -13,6 +13,11 @@ import click
 COMMANDS = {
     "info": (".info", "info"),
     "record": (".record", "record"),
+    "sample": (".sample", "sample"),
+    "inspect": (".inspect", "inspect"),
+    "export": (".transfer", "export"),
+    "import": (".transfer", "import_"),
+    "merge": (".transfer", "merge"),
 }
 
 
