@@ -26,8 +26,11 @@ from .errors import (
 )
 from .layout import FORMAT_VERSION
 from .manifest import Manifest
+from .optional import MissingDependencyError
+from .plotting import plot_store
 from .priority import PriorityIndex
 from .prune import Selection, prune
+from .recording import RecordResult, record
 from .rewrite import RewriteReport, compact, rewrite
 from .sampling import (
     Batch,
@@ -42,6 +45,7 @@ from .sampling import (
 from .schema import Field, Schema
 from .store import Store, create, open
 from .summary import summarize
+from .transfer import export_store, import_store, merge_stores
 from .verify import Problem, RepairReport, VerifyReport, repair, verify
 
 __version__ = "0.1.0"
@@ -58,10 +62,12 @@ __all__ = [
     "FormatVersionError",
     "Linear",
     "Manifest",
+    "MissingDependencyError",
     "PrioritizedSampler",
     "PriorityIndex",
     "Problem",
     "ReadOnlyError",
+    "RecordResult",
     "RepairReport",
     "ReplayStoreError",
     "RewriteReport",
@@ -81,9 +87,14 @@ __all__ = [
     "__version__",
     "compact",
     "create",
+    "export_store",
+    "import_store",
+    "merge_stores",
     "nstep",
     "open",
+    "plot_store",
     "prune",
+    "record",
     "repair",
     "rewrite",
     "summarize",
