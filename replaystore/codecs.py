@@ -279,6 +279,8 @@ def decode_rows(shards: list[Any], rows: list[int], out: np.ndarray, *, field: s
     returned by :func:`parse_shard`, which already verified every row). A row the shard does
     not hold raises, unless ``missing`` is given: then ``missing[i]`` is set instead.
     """
+    if not rows:
+        return
     flat = out.reshape(len(rows), -1).view(np.uint8)
     decompress = blosc.decompress
     for i, (shard, row) in enumerate(zip(shards, rows, strict=True)):

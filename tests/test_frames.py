@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import rows_for
 
 import replaystore as rs
 
@@ -115,3 +116,12 @@ def test_bad_derived_declarations(tmp_path, spec, message):
     fields = {"obs": {"shape": SHAPE, "dtype": "uint8"}, **spec}
     with pytest.raises(rs.SchemaError, match=message):
         rs.create(tmp_path / "s", fields)
+
+
+def test_an_empty_selection_reads_empty_arrays(make_store):
+    store = make_store({"obs": {"shape": (8, 8), "dtype": "uint8", "codec": "lz4hc:5/rows"},
+                        "next_obs": {"next_of": "obs"}})
+    store.extend(rows_for(store.schema, 0, 5))
+    store.commit()
+    out = store.get(np.zeros(0, np.int64))
+    assert out["obs"].shape == (0, 8, 8) and out["next_obs"].shape == (0, 8, 8)
