@@ -12,6 +12,9 @@ import click
 # ``replaystore --help`` starts without loading numpy-heavy code.
 COMMANDS = {
     "info": (".info", "info"),
+    "prune": (".prune", "prune"),
+    "compact": (".prune", "compact"),
+    "verify": (".verify", "verify"),
     "record": (".record", "record"),
     "sample": (".sample", "sample"),
     "inspect": (".inspect", "inspect"),
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(argv, standalone_mode=False)
     except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line that names the bad option or path, and where to read more.
+        where = exc.ctx.command_path if exc.ctx else "replaystore"
+        click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
