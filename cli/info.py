@@ -43,6 +43,13 @@ def info(path: Path, as_json: bool) -> None:
                  f"; length mean {n['mean']:.1f} [{n['min']:.0f}, {n['max']:.0f}]"
                  f"; {eps['terminated']} terminated, {eps['truncated']} truncated")
     click.echo(line)
+    prio = summary["priority"]
+    if prio:
+        spread = (f"; priority mean {prio['mean']:.3g} [{prio['min']:.3g}, {prio['max']:.3g}]"
+                  if "mean" in prio else "")
+        click.echo(f"priorities  index of {prio['slots']:,} slots, alpha {prio['alpha']}{spread}")
+    if summary["samplers"]:
+        click.echo(f"samplers    {', '.join(summary['samplers'])} (state saved with each commit)")
     rows = [(f["name"], "x".join(map(str, f["shape"])) or "scalar", f["dtype"], f["codec"],
              f["chunk_rows"], size(f["disk_bytes"]), size(f["raw_bytes"]),
              f"{f['ratio']:.1f}x" if f["ratio"] else "-") for f in summary["fields"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,3 +31,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+class _Silent:
+    """A progress bar that shows nothing (output is not a terminal)."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def progress_bar(label: str, total: int) -> Any:
+    """A progress bar on stderr over ``total`` items; silent unless stderr is a terminal, so
+    piped and ``--json`` output stays clean."""
+    if not sys.stderr.isatty():
+        return _Silent()
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)

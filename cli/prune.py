@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .output import emit_json, size
+from .output import emit_json, progress_bar, size
 from .params import FIELD_CODEC, STORE
 
 
@@ -31,12 +30,6 @@ class EpisodeIds(click.ParamType):
             lo = int(match[1])
             ids.extend(range(lo, int(match[2] or lo) + 1))
         return tuple(ids)
-
-
-def rows_progress(label: str, total: int) -> Any:
-    """A progress bar on stderr over ``total`` rows (hidden when stderr is not a terminal)."""
-    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
-                             item_show_func=None)
 
 
 def report_rewrite(report: Any, path: Path, verb: str, as_json: bool) -> None:
@@ -102,7 +95,7 @@ def prune(path: Path, keep_last: int | None, by: str, episodes: tuple[int, ...] 
     with rs.open(path) as store:
         total = len(store)
     try:
-        with rows_progress("pruning", total) as bar:
+        with progress_bar("pruning", total) as bar:
             report = rs.prune(path, selection, dry_run=dry_run, progress=bar.update)
     except IndexError as exc:
         raise click.BadParameter(str(exc), param_hint="'--episodes'") from None
@@ -131,6 +124,6 @@ def compact(path: Path, codecs: tuple[tuple[str, str], ...], as_json: bool) -> N
         if unknown:
             raise click.BadParameter(f"no field {unknown[0]!r} in the store (fields: "
                                      f"{', '.join(store.schema.names)})", param_hint="'--codec'")
-    with rows_progress("compacting", total) as bar:
+    with progress_bar("compacting", total) as bar:
         report = rs.compact(path, codecs=dict(codecs), progress=bar.update)
     report_rewrite(report, path, "compacted", as_json)

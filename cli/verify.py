@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .output import emit_json
+from .output import emit_json, progress_bar
 
 if TYPE_CHECKING:
     from replaystore import VerifyReport
@@ -43,7 +43,7 @@ def verify(path: Path, repair: bool, salvage: bool, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="'PATH'") from None
     except rs.ReplayStoreError:
         total = 0  # verify reports why the store does not open
-    with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
+    with progress_bar("verifying", total) as bar:
         report = rs.verify(path, progress=bar.update)
     repaired = None
     if repair and not report.ok:

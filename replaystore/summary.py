@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from . import priority
 from .layout import FORMAT_VERSION, LOCK, META
 from .store import Store
 
@@ -46,9 +47,22 @@ def summarize(store: Store) -> dict[str, Any]:
             "terminated": int(episodes["terminated"].sum()),
             "truncated": int(episodes["truncated"].sum()),
         },
-        "commit": {"seq": manifest.commit_seq, "time": manifest.commit_time},
+        "priority": _priority_stats(store),
+        "samplers": sorted(manifest.state.get("samplers", {})),
+        "commit": {"seq": manifest.commit_seq, "time": manifest.commit_time,
+                   "generation": manifest.generation},
         "writer_pid": backend.lock_holder(LOCK),
     }
+
+
+def _priority_stats(store: Store) -> dict[str, Any] | None:
+    """Alpha, size and the spread of the committed rows' priorities, if the store has an index."""
+    if not priority.exists(store._backend):
+        return None
+    index = store.priority_index()
+    values = index.priorities(store.slots())
+    return {"alpha": index.header.alpha, "slots": index.header.slots,
+            "max_priority": index.max_priority, **(_stats(values) or {})}
 
 
 def _stats(values: np.ndarray) -> dict[str, float] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,3 +42,14 @@ def make_store(tmp_path: Path) -> Callable[..., rs.Store]:
         return rs.create(tmp_path / f"store{next(counter)}", fields or VECTOR, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def replaystore_exe() -> str:
+    """The console script installed with the package (the one beside this Python first), for
+    tests that run the CLI as a user does."""
+    beside = Path(sys.executable).with_name("replaystore")
+    found = str(beside) if beside.exists() else shutil.which("replaystore")
+    if found is None:
+        pytest.fail("the replaystore entry point is not installed; pip install the package")
+    return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -51,12 +50,11 @@ def test_help_shows_examples():
     assert result.exit_code == 0 and "replaystore info runs/cartpole" in result.output
 
 
-@pytest.mark.skipif(shutil.which("replaystore") is None, reason="entry point not installed")
-def test_installed_entry_point(store_path):
-    out = subprocess.run(["replaystore", "info", str(store_path), "--json"], capture_output=True,
+def test_installed_entry_point(store_path, replaystore_exe):
+    out = subprocess.run([replaystore_exe, "info", str(store_path), "--json"], capture_output=True,
                          text=True, check=True)
     assert json.loads(out.stdout)["rows"] == 100
     (store_path / "_replaystore" / "manifest.json").write_text("{broken")
-    bad = subprocess.run(["replaystore", "info", str(store_path)], capture_output=True, text=True)
+    bad = subprocess.run([replaystore_exe, "info", str(store_path)], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "manifest" in bad.stderr
