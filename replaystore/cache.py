@@ -49,8 +49,10 @@ class ChunkPool:
         """Bytes of decoded chunks held now."""
         return int(np.count_nonzero(self._owner >= 0)) * self.chunk_nbytes
 
-    def gather(self, slots: np.ndarray, load: ChunkLoader) -> np.ndarray:
-        """Rows at ``slots`` (store slots), loading missing chunks with ``load(chunk, out)``.
+    def gather(self, slots: np.ndarray, load: ChunkLoader,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``slots`` (store slots), loading missing chunks with ``load(chunk, dest)``;
+        into ``out`` (rows, *shape) when given.
 
         The caller guarantees ``0 <= slots`` and has sized the table with :meth:`reserve`.
         """
@@ -63,14 +65,14 @@ class ChunkPool:
         if pool.size and pool.min() < 0:
             needed = np.unique(chunks)
             if len(needed) > self.max_slots:
-                return self._gather_in_passes(chunks, offsets, needed, load)
+                return self._gather_in_passes(chunks, offsets, needed, load, out)
             self._used[self._table[needed][self._table[needed] >= 0]] = self._tick
             for chunk in needed[self._table[needed] < 0]:
                 self._load(int(chunk), load)
             pool = self._table[chunks]
         self._used[pool] = self._tick
         # One flat take is ~4x faster than indexing the 2-D (pool slot, offset) pair.
-        return self._flat.take(pool * self.rows + offsets, axis=0)
+        return self._flat.take(pool * self.rows + offsets, axis=0, out=out)
 
     def reserve(self, chunks: int) -> None:
         """Make room in the chunk table for chunk numbers below ``chunks``."""
@@ -79,9 +81,10 @@ class ChunkPool:
             self._table = np.concatenate((self._table, np.full(extra, -1, np.int64)))
 
     def _gather_in_passes(self, chunks: np.ndarray, offsets: np.ndarray, needed: np.ndarray,
-                          load: ChunkLoader) -> np.ndarray:
+                          load: ChunkLoader, out: np.ndarray | None) -> np.ndarray:
         # A batch touching more chunks than the budget holds: serve it chunk by chunk.
-        out = np.empty((len(chunks), *self.field.shape), self.field.dtype)
+        if out is None:
+            out = np.empty((len(chunks), *self.field.shape), self.field.dtype)
         scratch = None if self.max_slots else np.empty(self._data.shape[1:], self._data.dtype)
         for chunk in needed:
             mask = chunks == chunk
@@ -158,13 +161,15 @@ class ShardCache:
         self._shards: OrderedDict[int, _Shard] = OrderedDict()
         self.nbytes = 0
 
-    def gather(self, slots: np.ndarray, load: ShardLoader,
-               missing: np.ndarray | None = None) -> np.ndarray:
-        """Rows at ``slots``, decoding only those rows from their (cached) compressed shards.
+    def gather(self, slots: np.ndarray, load: ShardLoader, missing: np.ndarray | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``slots``, decoding only those rows from their (cached) compressed shards,
+        straight into ``out`` when given.
 
         Rows a shard does not hold raise, or with ``missing`` (a bool array) are flagged there.
         """
-        out = np.empty((len(slots), *self.field.shape), self.field.dtype)
+        if out is None:
+            out = np.empty((len(slots), *self.field.shape), self.field.dtype)
         chunks, offsets = np.divmod(slots, self.rows)
         chunk_list = chunks.tolist()
         # Look each shard up (or load it) once per batch; holding them here keeps a shard

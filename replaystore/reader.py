@@ -11,7 +11,7 @@ decoded: if rows of the snapshot in that chunk may have been replaced, the read 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -76,21 +76,31 @@ class Reader:
         first, last = m.start % m.capacity, (m.end - 1) % m.capacity
         return f"slots {first}..{last}" + (" wrapping around the ring" if last < first else "")
 
-    def get(self, slots: np.ndarray, names: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored rows of committed ``slots`` (any shape) for the given fields."""
+    def get(self, slots: np.ndarray, names: Iterable[str],
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Stored rows of committed ``slots`` (any shape) for the given fields, written into
+        the arrays of ``out`` (checked by the caller) where it has the field."""
         flat = slots.reshape(-1)
         self.check_slots(flat)
-        return {name: self.gather(name, flat).reshape(slots.shape + self.schema[name].shape)
-                for name in names}
+        out = out or {}
+        result = {}
+        for name in names:
+            shape = slots.shape + self.schema[name].shape
+            dest = out.get(name)
+            values = self.gather(name, flat, out=None if dest is None else
+                                 dest.reshape(len(flat), *self.schema[name].shape))
+            result[name] = values.reshape(shape) if dest is None else dest
+        return result
 
-    def gather(self, name: str, slots: np.ndarray,
-               missing: np.ndarray | None = None) -> np.ndarray:
-        """Stored rows of one field at checked 1-D ``slots``; see ShardCache for ``missing``."""
+    def gather(self, name: str, slots: np.ndarray, missing: np.ndarray | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """Stored rows of one field at checked 1-D ``slots``, into ``out`` if given (a
+        contiguous (len(slots), *shape) array); see ShardCache for ``missing``."""
         field = self.schema[name]
         cache = self._caches[name]
         if isinstance(cache, ChunkPool):
-            return cache.gather(slots, lambda chunk, dest: self._load(field, chunk, dest))
-        return cache.gather(slots, lambda chunk: self._load_shard(field, chunk), missing)
+            return cache.gather(slots, lambda chunk, dest: self._load(field, chunk, dest), out)
+        return cache.gather(slots, lambda chunk: self._load_shard(field, chunk), missing, out)
 
     def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
         key = chunk_key(field, chunk)

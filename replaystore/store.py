@@ -163,18 +163,44 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------
 
-    def get(self, indices: Any, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Rows at the given slots, as ``{field: array}`` with shape ``indices.shape + field.shape``.
+    def get(self, indices: Any, fields: Iterable[str] | None = None, *,
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Rows at the given slots, as ``{field: array}`` with shape ``indices.shape + field.shape``
+        (``(stack, *shape)`` per row for stacked fields).
 
         ``indices`` may be any integer array-like (random, sorted, repeated). Slots that hold no
-        committed row raise IndexError; ``fields`` limits the fields read.
+        committed row raise IndexError; ``fields`` limits the fields read. ``out`` maps fields
+        to C-contiguous arrays of exactly that shape and dtype to read into (as numpy's
+        ``out=``), e.g. pinned or shared memory; the result then holds those arrays.
         """
         self._require_open()
         slots = as_slots(indices)
         names = self.schema.names if fields is None else tuple(fields)
+        if out:
+            self._check_out(out, names, slots.shape)
         if any(self.schema[name].derived for name in names):  # KeyError names unknown fields
-            return frames.gather(self._reader, self.episode_segments()[0], slots, names)
-        return self._reader.get(slots, names)
+            values = frames.gather(self._reader, self.episode_segments()[0], slots, names)
+            for name, dest in (out or {}).items():
+                np.copyto(dest, values[name])
+                values[name] = dest
+            return values
+        return self._reader.get(slots, names, out)
+
+    def _check_out(self, out: Mapping[str, np.ndarray], names: tuple[str, ...],
+                   shape: tuple[int, ...]) -> None:
+        for name, dest in out.items():
+            if name not in names:
+                raise KeyError(f"out has field {name!r}, which is not read "
+                               f"(fields: {', '.join(names)})")
+            field = self.schema[name]
+            want = shape + field.read_shape
+            if not isinstance(dest, np.ndarray) or dest.shape != want or \
+                    dest.dtype != field.dtype or not dest.flags.c_contiguous or \
+                    not dest.flags.writeable:
+                got = (f"shape {dest.shape} {dest.dtype}" if isinstance(dest, np.ndarray)
+                       else type(dest).__name__)
+                raise SchemaError(f"out[{name!r}] must be a writable C-contiguous array of "
+                                  f"shape {want} {field.dtype}, got {got}")
 
     def slots(self) -> np.ndarray:
         """The slots of all committed rows, oldest first."""

@@ -249,3 +249,34 @@ def test_cache_budget_bounds_decoded_bytes(tmp_path):
         idx = rng.integers(0, 20_000, 256)
         np.testing.assert_array_equal(reader.get(idx)["obs"], expected[idx])
         assert reader.cached_bytes <= budget + 256 * 64 * 4
+
+
+@pytest.mark.parametrize("fields", [
+    {"obs": ((3,), "float32"), "frame": ((16, 16), "uint8")},
+    {"frame": {"shape": (16, 16), "dtype": "uint8", "stack": 3}, "next_frame": {"next_of": "frame"}},
+])
+def test_get_reads_into_given_arrays(make_store, fields):
+    store = make_store(fields)
+    store.extend(rows_for(store.schema, 0, 300))
+    store.commit()
+    slots = np.random.default_rng(0).integers(0, 300, (4, 8))
+    expected = store.get(slots)
+    out = {name: np.empty_like(values) for name, values in expected.items()
+           if name in ("frame", "next_frame", "obs")}
+    got = store.get(slots, out=out)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values)
+    assert all(got[name] is dest for name, dest in out.items())
+
+
+def test_get_out_mismatch_names_field_shape_and_dtype(make_store):
+    store = make_store()
+    store.extend(rows_for(store.schema, 0, 10))
+    store.commit()
+    with pytest.raises(rs.SchemaError, match=r"out\['obs'\] must be .* shape \(2, 3\) float32, "
+                                             r"got shape \(2, 3\) float64"):
+        store.get([0, 1], out={"obs": np.empty((2, 3))})
+    with pytest.raises(rs.SchemaError, match="got shape \\(3, 3\\) float32"):
+        store.get([0, 1], out={"obs": np.empty((3, 3), np.float32)})
+    with pytest.raises(KeyError, match="not read"):
+        store.get([0, 1], ["action"], out={"obs": np.empty((2, 3), np.float32)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,9 +16,11 @@ from ..errors import StaleReadError
 from ..sampling import Linear, PrioritizedSampler, Sampler, SequenceSampler, UniformSampler
 from ..store import DEFAULT_CACHE_BYTES, Store
 from ..store import open as open_store
-from .slots import Batch, _arrays, _SlotRing, _tensors
+from .slots import Batch, _arrays, _Destination, _SlotRing, _tensors
 from .world import _PERMUTE, World, _rng
 
+# Arrays to read a batch of slots of the given shape into (Store.get's out), or None.
+OutFor = Callable[[tuple[int, ...]], dict[str, np.ndarray] | None]
 SamplerKind = Literal["uniform", "prioritized", "sequence", "epoch"]
 SAMPLERS: tuple[str, ...] = ("uniform", "prioritized", "sequence", "epoch")
 EXTRA_KEYS = ("indices", "weights", "probabilities", "mask")
@@ -281,18 +283,24 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
             stop: int | None = plan.batches(world.rank)
         else:
             stop = self.batches_per_epoch
-        ring = self._ring if get_worker_info() is not None else None
+        # Through ReplayLoader's shared slots when it set them up (and the batch fits),
+        # else as tensors through DataLoader's own transport.
+        dest = None
+        if self._ring is not None and get_worker_info() is not None:
+            names = self.fields or store.schema.names
+            dest = _Destination(self._ring, world.worker, [
+                (n, store.schema[n].dtype, store.schema[n].read_shape) for n in names])
+        out = dest.out if dest is not None else None
         for count, batch in enumerate(world.my_batches(self.first_batch, stop)):
             if self.refresh_every and count and count % self.refresh_every == 0:
                 store.refresh()
             if self.sampler == "epoch":
-                arrays = self._epoch_batch(store, plan, plan.positions(perm, world.rank, batch))
+                arrays = self._epoch_batch(store, plan, plan.positions(perm, world.rank, batch),
+                                           out)
             else:
                 arrays = self._draw(world.rank_rng(self.seed, epoch, batch), store, local,
-                                    step=epoch * (stop or 0) + batch)
-            # Through ReplayLoader's shared slots when it set them up (and the batch fits),
-            # else as tensors through DataLoader's own transport.
-            ref = ring.put(world.worker, batch, arrays) if ring is not None else None
+                                    step=epoch * (stop or 0) + batch, out=out)
+            ref = dest.send(batch, arrays) if dest is not None else None
             yield ref if ref is not None else _tensors(arrays)
 
     def _permutation(self, epoch: int, plan: _EpochPlan) -> np.ndarray:
@@ -306,8 +314,8 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
             local["perm"] = (key, order)
         return local["perm"][1]
 
-    def _epoch_batch(self, store: Store, plan: _EpochPlan,
-                     positions: np.ndarray) -> dict[str, np.ndarray]:
+    def _epoch_batch(self, store: Store, plan: _EpochPlan, positions: np.ndarray,
+                     out: OutFor | None = None) -> dict[str, np.ndarray]:
         rows = plan.start + positions.astype(np.int64)
         for attempt in range(2):
             m = store.manifest
@@ -321,7 +329,7 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
                     "replacement need rows that stay put for the epoch")
             slots = m.slot_of(rows)
             try:
-                data = store.get(slots, self.fields)
+                data = store.get(slots, self.fields, out=out(slots.shape) if out else None)
             except StaleReadError:
                 if attempt == 0 and store.refresh():
                     continue
@@ -330,7 +338,7 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
         raise AssertionError("unreachable")
 
     def _draw(self, rng: np.random.Generator, store: Store, local: dict[str, Any], *,
-              step: int) -> dict[str, np.ndarray]:
+              step: int, out: OutFor | None = None) -> dict[str, np.ndarray]:
         sampler = local["sampler"]
         # The generator is replaced per batch: batch b depends on (seed, rank, epoch, b) only,
         # whichever worker draws it, so streams are reproducible and resumable.
@@ -347,7 +355,7 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
                 if not store.committed_mask(slots.reshape(-1)).all():
                     continue
             try:
-                data = store.get(slots, self.fields)
+                data = store.get(slots, self.fields, out=out(slots.shape) if out else None)
             except StaleReadError:  # a ring writer replaced rows of our snapshot: move on
                 store.refresh()
                 continue

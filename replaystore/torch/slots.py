@@ -105,24 +105,50 @@ class _SlotRing:
     def _headers(self) -> np.ndarray:
         return self._array()[:, :, :16].view(np.int64)  # (workers, slots, 2)
 
-    def put(self, worker: int, batch: int, arrays: dict[str, np.ndarray]) -> _SlotRef | None:
-        """Copy ``arrays`` into a free slot of ``worker``; None if none is free or it won't fit."""
+    def _layout(self, specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> tuple[list, int]:
         layout, offset = [], self.HEADER
-        for name, array in arrays.items():
-            layout.append((name, array.dtype.str, array.shape, offset))
-            offset += -(-array.nbytes // self.HEADER) * self.HEADER
-        if offset > self.slot_bytes:
+        for name, dtype, shape in specs:
+            layout.append((name, dtype.str, shape, offset))
+            offset += -(-math.prod(shape) * dtype.itemsize // self.HEADER) * self.HEADER
+        return layout, offset
+
+    def _free_slot(self, worker: int) -> int | None:
+        free = np.flatnonzero(self._headers()[worker][:, 0] == 0)
+        return int(free[0]) if len(free) else None
+
+    def reserve(self, worker: int, specs: list[tuple[str, np.dtype, tuple[int, ...]]]
+                ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """A free slot of ``worker`` and, for each ``(name, dtype, shape)``, the array of it
+        where :meth:`put` will place that field when the batch starts with these fields.
+
+        Reading a batch straight into these arrays saves ``put`` a copy. Nothing is marked:
+        the worker fills one slot at a time and the main process frees only full ones.
+        None when no slot is free or the fields do not fit.
+        """
+        layout, end = self._layout(specs)
+        slot = self._free_slot(worker)
+        if slot is None or end > self.slot_bytes:
             return None
-        headers = self._headers()[worker]
-        free = np.flatnonzero(headers[:, 0] == 0)
-        if not len(free):
+        memory = self._array()[worker, slot]
+        return slot, {name: memory[start:start + math.prod(shape) * np.dtype(dtype).itemsize]
+                      .view(dtype).reshape(shape) for name, dtype, shape, start in layout}
+
+    def put(self, worker: int, batch: int, arrays: dict[str, np.ndarray],
+            slot: int | None = None) -> _SlotRef | None:
+        """Copy ``arrays`` into ``slot`` (from :meth:`reserve`; arrays already in place are not
+        copied) or a free slot of ``worker``; None if none is free or it won't fit."""
+        layout, end = self._layout([(n, a.dtype, a.shape) for n, a in arrays.items()])
+        if slot is None:
+            slot = self._free_slot(worker)
+        if slot is None or end > self.slot_bytes:
             return None
-        slot = int(free[0])
         memory = self._array()[worker, slot]
         for (_, _, _, start), array in zip(layout, arrays.values(), strict=True):
-            memory[start:start + array.nbytes] = array.reshape(-1).view(np.uint8)
-        headers[slot] = (1, batch)  # after the data: the header says "a whole batch is here"
-        return _SlotRef(worker, slot, batch, offset - self.HEADER, tuple(layout))
+            dest = memory[start:start + array.nbytes]
+            if array.ctypes.data != dest.ctypes.data:
+                dest[:] = array.reshape(-1).view(np.uint8)
+        self._headers()[worker, slot] = (1, batch)  # after the data: "a whole batch is here"
+        return _SlotRef(worker, slot, batch, end - self.HEADER, tuple(layout))
 
     def take(self, ref: _SlotRef, *, pin: bool) -> Batch:
         """The batch ``ref`` points to, as a dict of tensors that are views of one buffer.
@@ -161,6 +187,28 @@ class _SlotRing:
             start = (offset - self.HEADER) // view.element_size()
             batch[name] = view[start:start + math.prod(shape)].view(shape)
         return batch
+
+
+class _Destination:
+    """Where a worker reads its next batch: straight into a free slot of its ring, so the
+    batch's fields are decoded into shared memory with no copy in between."""
+
+    def __init__(self, ring: _SlotRing, worker: int,
+                 fields: list[tuple[str, np.dtype, tuple[int, ...]]]) -> None:
+        self.ring, self.worker, self.fields = ring, worker, fields
+        self.slot: int | None = None
+
+    def out(self, shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """Arrays in a free slot for a batch of slots of ``shape`` (``Store.get``'s ``out``)."""
+        reserved = self.ring.reserve(self.worker,
+                                     [(n, d, shape + row) for n, d, row in self.fields])
+        self.slot = None if reserved is None else reserved[0]
+        return None if reserved is None else reserved[1]
+
+    def send(self, batch: int, arrays: dict[str, np.ndarray]) -> _SlotRef | None:
+        ref = self.ring.put(self.worker, batch, arrays, self.slot)
+        self.slot = None
+        return ref
 
 
 def _release_slot(headers: np.ndarray, worker: int, slot: int, batch: int) -> None:
