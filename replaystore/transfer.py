@@ -454,7 +454,7 @@ class _MinariSource(_Source):
         self.meta = None
         self.priorities = None
         try:
-            self.dataset = minari.MinariDataset(data_path)
+            self.dataset = minari.MinariDataset(data_path.resolve())
         except Exception as exc:  # minari raises ValueError, KeyError, OSError...
             raise TransferError(f"cannot read the Minari dataset at {str(path)!r}: "
                                 f"{type(exc).__name__}: {exc}") from exc
@@ -530,20 +530,21 @@ def _plan(source: _Source
             source.notes.append(f"skipped {key!r}: field {name!r} already comes from another "
                                 "array")
             continue
+        # terminals stored as float 0/1 become bool (the write checks that nothing is lost)
+        spec = ((), EPISODE_FIELDS[name]) if name in EPISODE_FIELDS and shape == () \
+            else (shape, dtype.name)
         try:
-            Schema.from_fields({name: (shape, dtype.name)})
+            Schema.from_fields({name: spec})
         except SchemaError as exc:
             source.notes.append(f"skipped {key!r}: {exc}")
             continue
-        fields[name] = (shape, dtype.name)
+        fields[name] = spec
         mapping[key] = name
     missing = [n for n in EPISODE_FIELDS if n not in fields]
     if missing:
         raise TransferError(f"the file has no {', '.join(map(repr, missing))} array (D4RL "
                             f"names: {', '.join(D4RL_NAMES[n] for n in missing)}); "
                             "episodes are built from them")
-    for name, dtype in EPISODE_FIELDS.items():
-        fields[name] = ((), dtype)  # terminals stored as float 0/1 become bool, checked on write
     return fields, mapping, None, None
 
 

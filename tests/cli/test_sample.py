@@ -1,0 +1,110 @@
+"""``replaystore sample`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import rows_for
+
+import replaystore as rs
+from replaystore_cli.main import cli
+from replaystore_cli.sample import fmt
+
+
+def invoke(*args: object, env: dict | None = None):
+    return CliRunner().invoke(cli, ["sample", *map(str, args)], env=env)
+
+
+@pytest.fixture
+def store_path(make_store):
+    store = make_store({"obs": ((3,), "float32"), "frame": ((8, 8), "uint8"),
+                        "action": ((), "int64")})
+    store.extend(rows_for(store.schema, 0, 60))
+    store.commit()
+    store.close()
+    return store.path
+
+
+def test_table_and_determinism(store_path):
+    result = invoke(store_path, "-n", 4, "--seed", 7, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["slot", "row", "obs", "frame", "action", "reward", "terminated",
+                                "truncated"]
+    assert len(lines) == 2 + 4
+    assert "uint8 8x8: min" in result.output  # big arrays are summarised
+    assert invoke(store_path, "-n", 4, "--seed", 7, env={"COLUMNS": "400"}).output == \
+        result.output
+
+
+def test_narrow_terminal_prints_blocks(store_path):
+    result = invoke(store_path, "-n", 2, "--seed", 0, env={"COLUMNS": "60"})
+    assert result.exit_code == 0
+    assert "-- sample 1 of 2" in result.output and "-- sample 2 of 2" in result.output
+
+
+def test_json_rows_match_the_store(store_path):
+    result = invoke(store_path, "-n", 5, "--seed", 3, "--json", "--fields", "obs,action")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    store = rs.open(store_path)
+    assert doc["count"] == 5 and len(doc["rows"]) == 5
+    for row in doc["rows"]:
+        assert set(row) == {"slot", "row", "obs", "action"}
+        expected = store.get([row["slot"]])
+        assert row["obs"] == expected["obs"][0].tolist()
+        assert row["action"] == int(expected["action"][0])
+
+
+def test_prioritized_follows_the_index(store_path):
+    with rs.open(store_path, "a") as store:
+        per = rs.PrioritizedSampler(store, alpha=1.0, seed=0)
+        priorities = np.zeros(60)
+        priorities[[5, 9]] = [1.0, 3.0]
+        per.update_priorities(np.arange(60), priorities)
+    result = invoke(store_path, "-n", 200, "--prioritized", "--seed", 1, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    slots = [r["slot"] for r in rows]
+    assert set(slots) == {5, 9} and slots.count(9) > slots.count(5)
+    assert all(0 < r["weight"] <= 1 and r["probability"] > 0 for r in rows)
+    table = invoke(store_path, "-n", 3, "--prioritized", env={"COLUMNS": "400"})
+    assert "probability" in table.output and "weight" in table.output
+
+
+def test_errors(store_path, make_store):
+    result = invoke(store_path, "--fields", "obs,acton")
+    assert result.exit_code == 2 and "--fields" in result.output and "'action'" in result.output
+    result = invoke(store_path, "-n", 0)
+    assert result.exit_code == 2 and "-n" in result.output
+    result = invoke(store_path, "--prioritized")
+    assert result.exit_code == 1 and "no priority index" in result.output
+    empty = make_store()
+    empty.close()
+    result = invoke(empty.path)
+    assert result.exit_code == 1 and "no committed rows" in result.output
+    result = invoke(store_path.parent / "missing")
+    assert result.exit_code == 2
+
+
+def test_non_finite_floats_are_null_in_json(make_store):
+    store = make_store({"obs": ((2,), "float32")})
+    store.append(obs=[np.nan, np.inf], reward=1.0, terminated=True, truncated=False)
+    store.commit()
+    store.close()
+    doc = json.loads(invoke(store.path, "-n", 1, "--json").output)
+    assert doc["rows"][0]["obs"] == [None, None]
+
+
+def test_fmt():
+    assert fmt(np.float32(0.5)) == "0.5" and fmt(np.bool_(True)) == "True"
+    assert fmt(np.array([1, 2])) == "[1 2]"
+    assert fmt(np.zeros((3, 3), bool)) == "bool 3x3: 0 true"
+
+
+def test_help_shows_examples():
+    result = invoke("--help")
+    assert result.exit_code == 0 and "replaystore sample runs/cartpole -n 5" in result.output
