@@ -146,3 +146,13 @@ def test_schema_json_round_trip_and_hash():
     assert again == schema and again.hash == schema.hash
     assert schema["obs"].codec == rs.Codec("zstd", 3)
     assert Schema.from_fields({"obs": ((84, 84), "uint8")})["obs"].codec.per_row
+
+
+def test_noshuffle_codec_spec_round_trips_and_old_schemas_keep_their_hash():
+    codec = rs.Codec.parse("lz4:1/noshuffle")
+    assert (codec.name, codec.level, codec.shuffle, str(codec)) == ("lz4", 1, False, "lz4:1/noshuffle")
+    assert rs.Codec.from_json(codec.to_json()) == codec
+    assert "shuffle" not in rs.Codec.parse("zstd:3").to_json()  # the hash of older schemas
+    assert str(rs.Schema.from_fields({"obs": ((17,), "float32")})["obs"].codec) == "lz4:1/noshuffle"
+    with pytest.raises(rs.SchemaError, match="noshuffle"):
+        rs.Codec.parse("raw/noshuffle")
