@@ -119,7 +119,8 @@ def merge(stores: tuple[Path, ...], out: Path, capacity: int | None, as_json: bo
 
     The schemas must match field for field (the error names the first field that differs;
     codecs may differ, A's are used). Episodes stay whole; a source that ends in an unfinished
-    episode has its last step marked truncated=True, so the next source does not continue it.
+    episode has its last step marked truncated=True, so no episode runs from one source into
+    the next and OUT ends between episodes.
     Priorities are kept when every source has a priority index with the same alpha. OUT is
     built under a temporary name and renamed into place when committed.
     """

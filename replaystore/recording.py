@@ -434,6 +434,9 @@ def record(path: str | os.PathLike[str], env: str | Any, *, steps: int | None = 
                              f"{commit_every_seconds!r}")
     fn = load_policy(policy)
     owns_env = isinstance(env, str)
+    if not owns_env and not hasattr(env, "num_envs"):
+        raise RecordingError("env must be a Gymnasium id or a gymnasium.vector.VectorEnv (wrap "
+                             "a single env: gymnasium.vector.SyncVectorEnv([lambda: env]))")
     venv = make_env(env, num_envs) if owns_env else env
     try:
         env_id = env if owns_env else _env_name(venv)
@@ -513,18 +516,18 @@ class _Recorder:
                 if stop is not None and stop.is_set():
                     reason = getattr(stop, "reason", "stopped")
                     break
-                actions = self._act(obs)
+                # Copies: a vector env made with copy=False reuses its arrays at every step.
+                obs_now = np.array(obs, copy=True)
+                actions = self._act(obs_now)
                 try:
                     next_obs, rewards, terms, truncs, infos = self.venv.step(actions)
                 except Exception as exc:
                     raise RecordingError(f"the environment's step() failed with the "
                                          f"policy's actions: {type(exc).__name__}: {exc}") from exc
-                real_next = next_obs
+                real_next = np.array(next_obs, copy=True)
                 if self.same_step and "final_obs" in infos:
-                    real_next = np.array(next_obs, copy=True)
                     for i in np.flatnonzero(infos.get("_final_obs", terms | truncs)):
                         real_next[i] = infos["final_obs"][i]
-                obs_now = np.asarray(obs)
                 for i in range(self.k):
                     if awaiting_reset[i]:
                         continue  # NEXT_STEP: this step only reset env i
@@ -585,7 +588,7 @@ class _Recorder:
         except Exception as exc:
             raise PolicyError(f"policy {self.policy_name} raised {type(exc).__name__}: "
                               f"{exc}") from exc
-        actions = np.asarray(actions)
+        actions = np.array(actions, copy=True)
         if actions.shape != self.action_shape:
             raise PolicyError(
                 f"policy {self.policy_name} returned actions of shape {actions.shape}; "

@@ -654,7 +654,8 @@ def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     The schemas must match field for field (name, shape, dtype, derived-field settings; the
     first source's codecs are used). Episodes stay whole: each source's rows are copied in
     order, and an episode a source left unfinished is closed by marking its last step
-    ``truncated=True`` so the next source's first episode does not continue it. Priorities are
+    ``truncated=True``, so no episode runs from one source into the next and the output ends
+    between episodes (``record --append`` can continue it). Priorities are
     carried over when every source has a priority index with the same alpha. The output is
     built under a temporary name and renamed into place when committed.
 

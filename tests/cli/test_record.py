@@ -115,13 +115,19 @@ def test_vector_envs_store_whole_episodes(tmp_path, num_envs):
     assert store.episodes["truncated"].sum() <= num_envs  # only the cut ones
 
 
-def test_same_step_autoreset_uses_final_obs(tmp_path):
+@pytest.mark.parametrize("mode", ["SAME_STEP", "NEXT_STEP"])
+def test_ready_vector_env_any_autoreset_mode_without_copies(tmp_path, mode):
+    # copy=False: the env hands out the same arrays at every step; the recorder must copy.
     env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
-                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
-    result = rs.record(tmp_path / "same", env, steps=300, seed=1)
+                       vector_kwargs={"autoreset_mode": getattr(gym.vector.AutoresetMode, mode),
+                                      "copy": False})
+    result = rs.record(tmp_path / "v", env, steps=300, seed=1)
     env.close()
-    assert result.autoreset_mode == "SameStep" and result.rows == 300
-    check_episodes(rs.open(tmp_path / "same"))
+    assert result.autoreset_mode == getattr(gym.vector.AutoresetMode, mode).value
+    assert result.rows == 300
+    check_episodes(rs.open(tmp_path / "v"))
+    with pytest.raises(rs.recording.RecordingError, match="VectorEnv"):
+        rs.record(tmp_path / "w", gym.make("CartPole-v1"), steps=5)
 
 
 def test_episodes_target_drops_unfinished(tmp_path):
