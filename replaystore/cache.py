@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import decode_rows, parse_shard
+from .codecs import buffer_address, decode_rows, parse_shard
 from .schema import Field
 
 ChunkLoader = Callable[[int, np.ndarray], None]
@@ -147,6 +147,7 @@ class _Shard:
 
     key: str
     data: memoryview
+    address: int
     offsets: list[int]
     lengths: list[int]
 
@@ -190,7 +191,7 @@ class ShardCache:
         data, key = load(chunk)
         offsets, lengths = parse_shard(data, self.rows, self.field.row_nbytes, key=key,
                                        field=self.field.name)
-        shard = _Shard(key, memoryview(data), offsets, lengths)
+        shard = _Shard(key, memoryview(data), buffer_address(data), offsets, lengths)
         self._shards[chunk] = shard
         self.nbytes += len(data)
         while self.nbytes > self.budget and len(self._shards) > 1:
