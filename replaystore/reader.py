@@ -33,11 +33,9 @@ class Reader:
         self.schema = schema
         self.manifest = manifest
         self._identity = backend.identity()
-        total = max(1, schema.row_nbytes)
         self._caches: dict[str, ChunkPool | ShardCache] = {
-            f.name: (ShardCache if f.codec.per_row else ChunkPool)(
-                f, cache_bytes * f.row_nbytes // total)
-            for f in schema}
+            f.name: (ShardCache if f.codec.per_row else ChunkPool)(f, budget)
+            for f, budget in zip(schema, split_budget(schema, cache_bytes), strict=True)}
         self._reserve()
 
     @property
@@ -170,6 +168,27 @@ class Reader:
                       for a, b in changed]
             self._caches[field.name].invalidate(np.concatenate(chunks))
         return True
+
+
+MIN_CHUNKS = 4  # decoded chunks every small field may keep, whatever its share of the budget
+
+
+def split_budget(schema: Schema, cache_bytes: int) -> list[int]:
+    """Each field's share of ``cache_bytes``, by row size.
+
+    A field of small rows next to frames would get a share smaller than one of its chunks
+    (8-byte actions beside 7 KB frames: 0.1%) and decode a chunk for every read; such
+    fields keep ``MIN_CHUNKS`` decoded chunks (chunks are ~1 MiB by default), a little above
+    the budget, unless the budget is 0.
+    """
+    total = max(1, schema.row_nbytes)
+    shares = []
+    for field in schema:
+        share = cache_bytes * field.row_nbytes // total
+        if cache_bytes and not field.codec.per_row:
+            share = max(share, MIN_CHUNKS * field.chunk_rows * field.row_nbytes)
+        shares.append(share)
+    return shares
 
 
 def _slot_ranges(first: int, stop: int, capacity: int | None) -> list[tuple[int, int]]:

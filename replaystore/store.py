@@ -179,11 +179,7 @@ class Store:
         if out:
             self._check_out(out, names, slots.shape)
         if any(self.schema[name].derived for name in names):  # KeyError names unknown fields
-            values = frames.gather(self._reader, self.episode_segments()[0], slots, names)
-            for name, dest in (out or {}).items():
-                np.copyto(dest, values[name])
-                values[name] = dest
-            return values
+            return frames.gather(self._reader, self.episode_segments()[0], slots, names, out)
         return self._reader.get(slots, names, out)
 
     def _check_out(self, out: Mapping[str, np.ndarray], names: tuple[str, ...],
