@@ -170,25 +170,25 @@ class Reader:
         return True
 
 
-MIN_CHUNKS = 4  # decoded chunks every small field may keep, whatever its share of the budget
+MIN_CHUNKS = 4  # decoded chunks each chunked field keeps when the budget allows
 
 
 def split_budget(schema: Schema, cache_bytes: int) -> list[int]:
-    """Each field's share of ``cache_bytes``, by row size.
+    """Each field's share of ``cache_bytes``, which the shares never exceed together.
 
-    A field of small rows next to frames would get a share smaller than one of its chunks
-    (8-byte actions beside 7 KB frames: 0.1%) and decode a chunk for every read; such
-    fields keep ``MIN_CHUNKS`` decoded chunks (chunks are ~1 MiB by default), a little above
-    the budget, unless the budget is 0.
+    Split by row size alone, a field of small rows next to frames would get less than one of
+    its chunks (8-byte actions beside 7 KB frames: 0.1%) and decode a chunk for every read.
+    So each chunked field first gets ``MIN_CHUNKS`` chunks (~1 MiB each by default) when
+    all of those fit in half the budget, and the rest is split by row size.
     """
     total = max(1, schema.row_nbytes)
-    shares = []
-    for field in schema:
-        share = cache_bytes * field.row_nbytes // total
-        if cache_bytes and not field.codec.per_row:
-            share = max(share, MIN_CHUNKS * field.chunk_rows * field.row_nbytes)
-        shares.append(share)
-    return shares
+    floors = [0 if f.codec.per_row else MIN_CHUNKS * f.chunk_rows * f.row_nbytes
+              for f in schema]
+    if not 0 < sum(floors) <= cache_bytes // 2:
+        floors = [0] * len(floors)
+    rest = cache_bytes - sum(floors)
+    return [floor + rest * f.row_nbytes // total
+            for f, floor in zip(schema, floors, strict=True)]
 
 
 def _slot_ranges(first: int, stop: int, capacity: int | None) -> list[tuple[int, int]]:

@@ -280,3 +280,20 @@ def test_get_out_mismatch_names_field_shape_and_dtype(make_store):
         store.get([0, 1], out={"obs": np.empty((3, 3), np.float32)})
     with pytest.raises(KeyError, match="not read"):
         store.get([0, 1], ["action"], out={"obs": np.empty((2, 3), np.float32)})
+
+
+def test_small_fields_beside_frames_keep_their_chunks_decoded(tmp_path):
+    fields = {"frame": ((84, 84), "uint8"), "action": ((), "int64")}
+    store = rs.create(tmp_path / "s", fields)
+    store.extend(rows_for(store.schema, 0, 3000))
+    store.commit()
+    reader = rs.open(tmp_path / "s", cache_bytes=64 << 20)
+    loads = []
+    cache = reader._reader._caches["action"]
+    original = cache._load
+    cache._load = lambda chunk, load: loads.append(chunk) or original(chunk, load)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        reader.get(rng.integers(0, 3000, 64))
+    assert loads == [0]  # decoded once, then served from the pool
+    assert reader.cached_bytes <= 64 << 20
