@@ -22,7 +22,7 @@ def _check_plot(ctx: click.Context, param: click.Parameter, value: Path) -> Path
     return value
 
 
-@click.command(epilog="""\b
+@click.command(short_help="Plot episode returns, lengths, rewards and priorities.", epilog="""\b
 Examples:
   replaystore inspect runs/cartpole --plot cartpole.png
   replaystore inspect runs/breakout --plot breakout.svg --max-rows 200000""")

@@ -57,6 +57,9 @@ class ProgressLine:
         self.last = now
         if p.target_steps is not None:
             done = f"{p.steps:,}/{p.target_steps:,} steps ({p.steps / max(p.target_steps, 1):.0%})"
+            if p.steps_per_second > 0:
+                left = (p.target_steps - p.steps) / p.steps_per_second
+                done += f", {left // 60:.0f}m{left % 60:02.0f}s left"
         else:
             done = f"{p.steps:,} steps"
         eps = f"{p.episodes:,}" + (f"/{p.target_episodes:,}" if p.target_episodes else "")
@@ -75,7 +78,7 @@ class ProgressLine:
             click.echo(err=True)
 
 
-@click.command(epilog="""\b
+@click.command(short_help="Record transitions from a Gymnasium environment.", epilog="""\b
 Examples:
   replaystore record CartPole-v1 runs/cartpole --steps 50000 --seed 0
   replaystore record CartPole-v1 runs/cartpole --episodes 200 --num-envs 8 \\

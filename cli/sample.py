@@ -54,7 +54,7 @@ class FieldList(click.ParamType):
         return names
 
 
-@click.command(epilog="""\b
+@click.command(short_help="Draw rows uniformly or by priority and print them.", epilog="""\b
 Examples:
   replaystore sample runs/cartpole -n 5
   replaystore sample runs/cartpole -n 8 --prioritized --fields obs,action,reward

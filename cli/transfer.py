@@ -47,7 +47,7 @@ def _check_new(path: Path, hint: str, *, overwrite: bool = False) -> None:
         raise click.BadParameter(f"folder {str(path.parent)!r} does not exist", param_hint=hint)
 
 
-@click.command(epilog="""\b
+@click.command(short_help="Write a store's rows to npz or D4RL-style HDF5.", epilog="""\b
 Examples:
   replaystore export runs/cartpole cartpole.npz
   replaystore export runs/cartpole cartpole.h5          # D4RL-style HDF5 (needs h5py)
@@ -76,7 +76,8 @@ def export(path: Path, out: Path, fmt: str | None, compress: bool, overwrite: bo
             "exported", as_json)
 
 
-@click.command("import", epilog="""\b
+@click.command("import", short_help="Create a store from npz, HDF5 (D4RL) or a Minari dataset.",
+               epilog="""\b
 Examples:
   replaystore import cartpole.npz runs/cartpole-copy
   replaystore import hopper-medium-v2.hdf5 runs/hopper --capacity 1000000
@@ -105,7 +106,7 @@ def import_(src: Path, path: Path, fmt: str | None, capacity: int | None,
     _report(import_store(src, path, format=fmt, capacity=capacity), "imported", as_json)
 
 
-@click.command(epilog="""\b
+@click.command(short_help="Combine stores of the same schema into a new store.", epilog="""\b
 Examples:
   replaystore merge runs/seed0 runs/seed1 runs/both
   replaystore merge runs/a runs/b runs/c runs/abc --capacity 1000000""")

@@ -446,7 +446,7 @@ class _MinariSource(_Source):
     """Episodes of a Minari dataset: ``observations`` has one more row than the actions."""
 
     def __init__(self, path: Path) -> None:
-        minari = require("minari", "", "importing a Minari dataset", package="minari")
+        minari = require("minari", "minari", "importing a Minari dataset")
         data_path = _minari_data_path(path)
         if data_path is None:
             raise TransferError(f"{str(path)!r} is not a Minari dataset folder")
