@@ -126,7 +126,7 @@ def _lowest_segments(store: Store, starts: np.ndarray, lengths: np.ndarray,
 
 
 def _index(store: Store) -> priority.PriorityIndex:
-    if not priority.exists(store._backend):
+    if not store.has_priority_index():
         raise SchemaError(f"store {str(store.path)!r} has no priority index, so it cannot be "
                           "pruned by priority")
     return store.priority_index()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import frames, priority
+from . import frames
 from .codecs import Codec
 from .errors import CorruptStoreError, SchemaError
 from .manifest import commit_manifest
@@ -138,7 +138,7 @@ def _copy(src: Store, root: os.PathLike[str], schema: Schema, rows: np.ndarray,
             if progress is not None:
                 progress(len(part))
         dst.commit()
-        if priority.exists(src._backend):
+        if src.has_priority_index():
             _carry_priorities(src, dst, rows)
             dst.commit()
         manifest = dst.manifest

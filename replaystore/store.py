@@ -253,6 +253,10 @@ class Store:
 
     # -- priorities and samplers ----------------------------------------------------------
 
+    def has_priority_index(self) -> bool:
+        """Whether the store has a priority index (made by a first prioritized sampler)."""
+        return priority.exists(self._backend)
+
     def priority_index(self, alpha: float | None = None) -> PriorityIndex:
         """The store's memory-mapped priority index (see :mod:`replaystore.priority`).
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from . import priority
 from .layout import FORMAT_VERSION, LOCK, META
 from .store import Store
 
@@ -38,7 +37,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "capacity": store.capacity,
         "rows_ever": manifest.end,
         "fields": fields,
-        "disk_bytes": sum(backend.size(k) for k in backend.list()),
+        "disk_bytes": sum(backend.allocated(k) for k in backend.list()),
         "meta_bytes": sum(backend.size(k) for k in backend.list(META)),
         "episodes": {
             "count": len(episodes),
@@ -57,7 +56,7 @@ def summarize(store: Store) -> dict[str, Any]:
 
 def _priority_stats(store: Store) -> dict[str, Any] | None:
     """Alpha, size and the spread of the committed rows' priorities, if the store has an index."""
-    if not priority.exists(store._backend):
+    if not store.has_priority_index():
         return None
     index = store.priority_index()
     values = index.priorities(store.slots())

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from . import priority
 from .errors import ReplayStoreError, SchemaError, StoreExistsError
 from .optional import require
 from .schema import EPISODE_FIELDS, Schema
@@ -169,7 +168,7 @@ def priority_values(store: Store, slots: np.ndarray | None = None
                     ) -> tuple[np.ndarray, float] | None:
     """Priorities of ``slots`` (default: every committed row, oldest first) and the index's
     alpha, or None when the store has no priority index (none is created, even on a writer)."""
-    if not priority.exists(store._backend):
+    if not store.has_priority_index():
         return None
     index = store.priority_index()
     slots = store.slots() if slots is None else slots

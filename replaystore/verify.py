@@ -194,7 +194,7 @@ def _check_episodes(store: Store, report: VerifyReport) -> None:
 
 def _check_index(store: Store, report: VerifyReport) -> None:
     backend = store._backend
-    if not priority.exists(backend):
+    if not store.has_priority_index():
         return
     try:
         index = store.priority_index()
