@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = dict(read_log(logs["reference"]))
     drawn = read_log(logs["crashed"])
     restarts = [i for i in range(1, len(drawn)) if drawn[i][0] <= drawn[i - 1][0]]
-    for i in restarts:
-        print(f"restart resumed at step {drawn[i][0]} (the last commit before the kill)")
+    for n, i in enumerate(restarts, 1):
+        print(f"restart {n}: continued from the store's last commit, at step {drawn[i][0] - 1}, "
+              f"and re-drew steps {drawn[i][0]}..{drawn[i - 1][0]}")
     differ = [step for step, digest in drawn if reference.get(step) != digest]
     steps_seen = {step for step, _ in drawn}
     complete = steps_seen == set(range(1, args.steps + 1)) == set(reference)
