@@ -201,18 +201,25 @@ def space_spec(space: Any, what: str) -> dict[str, Any]:
                          "gymnasium.wrappers.FlattenObservation)")
 
 
+NEXT_OF_MIN_BYTES = 64
+
+
 def env_fields(observation_space: Any, action_space: Any,
                codecs: Mapping[str, str | Codec] | None = None) -> dict[str, Any]:
     """The store fields for an environment's (single, not batched) spaces.
 
-    ``next_obs`` is declared ``next_of="obs"``: stored only where an episode ends and otherwise
-    read from the next row's ``obs``. ``codecs`` maps field names to codec specs.
+    ``next_obs`` is declared ``next_of="obs"`` (stored only where an episode ends and otherwise
+    read from the next row's ``obs``) for observations of ``NEXT_OF_MIN_BYTES`` or more; the
+    per-row layout this needs keeps a 16-byte index entry a row, so smaller observations
+    (CartPole's 16 bytes) are cheaper stored in full. ``codecs`` maps field names to codec
+    specs.
     """
     obs = space_spec(observation_space, "observation")
+    row_nbytes = int(np.prod(obs["shape"], dtype=np.int64)) * np.dtype(obs["dtype"]).itemsize
     fields: dict[str, Any] = {
         "obs": obs,
         "action": space_spec(action_space, "action"),
-        "next_obs": {"next_of": "obs"},
+        "next_obs": {"next_of": "obs"} if row_nbytes >= NEXT_OF_MIN_BYTES else dict(obs),
         "reward": {"shape": (), "dtype": "float32"},
         "terminated": {"shape": (), "dtype": "bool"},
         "truncated": {"shape": (), "dtype": "bool"},

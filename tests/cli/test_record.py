@@ -99,7 +99,7 @@ def test_steps_exact_and_transitions_match_a_manual_rollout(tmp_path, policy_fil
     np.testing.assert_array_equal(rows["terminated"], np.array(expected["terminated"]))
     assert np.all(rows["action"] == 1)
     assert rows["truncated"][-1] and not rows["terminated"][-1]  # the cut episode
-    assert store.schema["next_obs"].next_of == "obs"
+    assert store.schema["next_obs"].next_of is None  # 16-byte rows: a full field is smaller
     check_episodes(store)
 
 
@@ -324,3 +324,14 @@ def test_sigkill_then_append_keeps_committed_rows(tmp_path):
         np.testing.assert_array_equal(rows[name], values)
     np.testing.assert_array_equal(after.episodes[:len(episodes)], episodes)
     check_episodes(after)
+
+
+def test_next_obs_is_derived_only_where_that_is_smaller():
+    from gymnasium import spaces
+
+    from replaystore.recording import env_fields
+
+    small = env_fields(spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+    frames = env_fields(spaces.Box(0, 255, (84, 84), np.uint8), spaces.Discrete(6))
+    assert "next_of" not in small["next_obs"] and small["next_obs"]["shape"] == (4,)
+    assert frames["next_obs"] == {"next_of": "obs"}
