@@ -39,7 +39,8 @@ def report_rewrite(report: Any, path: Path, verb: str, as_json: bool) -> None:
     would = "would keep" if report.dry_run else "kept"
     episodes = ("" if report.episodes_before < 0 else
                 f" and {report.episodes_after:,} of {report.episodes_before:,} finished episodes")
-    click.echo(f"{verb} {path}: {would} {report.rows_after:,} of {report.rows_before:,} "
+    what = f"{path} (dry run)" if report.dry_run else f"{verb} {path}"
+    click.echo(f"{what}: {would} {report.rows_after:,} of {report.rows_before:,} "
                f"rows{episodes}")
     after = ("" if report.disk_bytes_after is None else
              f" -> {size(report.disk_bytes_after)}")
