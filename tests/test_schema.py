@@ -65,9 +65,9 @@ def good_row(**changes):
 @pytest.mark.parametrize("changes,message", [
     ({"obs": np.zeros(4)}, r"field 'obs': expected shape \(3,\) float32, got shape \(4,\) float64"),
     ({"obs": np.zeros((1, 3))}, r"field 'obs': expected shape \(3,\)"),
-    ({"action": 300}, "field 'action': values of dtype int64 do not fit a uint8 field"),
-    ({"action": -1}, "do not fit a uint8 field"),
-    ({"action": 1.5}, "field 'action': values of dtype float64 do not fit a uint8"),
+    ({"action": 300}, "field 'action': value 300 does not fit a uint8 field"),
+    ({"action": -1}, "fit a uint8 field"),
+    ({"action": 1.5}, "field 'action': value 1.5 does not fit a uint8"),
     ({"terminated": 2}, "field 'terminated'"),
     ({"obs": np.array([1e300, 0, 0])}, "field 'obs'"),
     ({"obs": ["a", "b", "c"]}, "cannot store values of dtype <U1"),
