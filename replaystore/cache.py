@@ -150,6 +150,7 @@ class _Shard:
     address: int
     offsets: list[int]
     lengths: list[int]
+    verified: bytearray  # rows whose crc32c was checked (on first decode)
 
 
 class ShardCache:
@@ -191,7 +192,8 @@ class ShardCache:
         data, key = load(chunk)
         offsets, lengths = parse_shard(data, self.rows, self.field.row_nbytes, key=key,
                                        field=self.field.name)
-        shard = _Shard(key, memoryview(data), buffer_address(data), offsets, lengths)
+        shard = _Shard(key, memoryview(data), buffer_address(data), offsets, lengths,
+                       bytearray(self.rows))
         self._shards[chunk] = shard
         self.nbytes += len(data)
         while self.nbytes > self.budget and len(self._shards) > 1:

@@ -246,10 +246,12 @@ def shard_index_nbytes(rows: int) -> int:
 
 def parse_shard(data: bytes | memoryview, rows: int, row_nbytes: int, *, key: str,
                 field: str) -> tuple[list[int], list[int]]:
-    """Check a shard's index, every row's checksum and blosc header; return (offsets, lengths).
+    """Check a shard's index and every row's blosc header; return (offsets, lengths).
 
-    Missing rows have length 0. Checking every row once here lets a read hand rows straight
-    to the decompressor without hashing or parsing them again.
+    Missing rows have length 0. The header check (vectorised) guarantees that no row can make
+    the decompressor read or write out of bounds; each row's crc32c is checked when the row is
+    first decoded (:func:`decode_rows`), so opening a shard to read a few rows of it does not
+    hash all of them.
     """
     view = memoryview(data)
     index_len = shard_index_nbytes(rows)
@@ -268,13 +270,17 @@ def parse_shard(data: bytes | memoryview, rows: int, row_nbytes: int, *, key: st
     if np.any(offsets + lengths > body) or np.any((lengths < CHECKSUM_BYTES + 16) & ~missing):
         raise CorruptChunkError(f"shard {key!r} of field {field!r}: index points outside the "
                                 "shard", key=key, field=field)
-    for i in np.flatnonzero(~missing).tolist():
-        start, end = int(offsets[i]), int(offsets[i] + lengths[i])
-        payload = view[start:end - CHECKSUM_BYTES]
-        if crc_bytes(payload) != bytes(view[end - CHECKSUM_BYTES:end]):
-            raise CorruptChunkError(f"shard {key!r} of field {field!r}: row {i} fails its "
-                                    "crc32c checksum", key=key, field=field)
-        _check_blosc_header(payload, row_nbytes, key=key, field=field)
+    present = np.flatnonzero(~missing)
+    if len(present):
+        # blosc's 16-byte header: decoded size at bytes 4:8, encoded size at 12:16.
+        header = np.frombuffer(view, np.uint8)[offsets[present, None] + np.arange(16)]
+        words = header.copy().view("<u4")
+        bad = (words[:, 1] != row_nbytes) | (words[:, 3] != lengths[present] - CHECKSUM_BYTES)
+        if bad.any():
+            raise CorruptChunkError(
+                f"shard {key!r} of field {field!r}: row {int(present[np.argmax(bad)])} has a "
+                f"malformed blosc header (expected {row_nbytes} bytes decoded)",
+                key=key, field=field)
     return offsets.tolist(), lengths.tolist()
 
 
@@ -318,8 +324,9 @@ def decode_rows(shards: list[Any], rows: list[int], out: np.ndarray, *, field: s
 
     Each shard has ``key``, ``data`` (memoryview of bytes), ``address`` (see
     :func:`buffer_address`), ``offsets`` and ``lengths`` (lists, as returned by
-    :func:`parse_shard`, which already verified every row's checksum and blosc header, so a
-    row cannot make the decoder read or write out of bounds). A row the shard does not hold
+    :func:`parse_shard`, which already checked every row's blosc header, so a row cannot make
+    the decoder read or write out of bounds) and ``verified`` (a bytearray: rows whose crc32c
+    was checked; a row is checked the first time it is decoded). A row the shard does not hold
     raises, unless ``missing`` is given: then ``missing[i]`` is set instead.
     """
     if not rows:
@@ -336,6 +343,12 @@ def decode_rows(shards: list[Any], rows: list[int], out: np.ndarray, *, field: s
         if length == 0:
             raise CorruptChunkError(f"shard {shard.key!r} of field {field!r} lacks committed "
                                     f"row {row}", key=shard.key, field=field)
+        if not shard.verified[row]:
+            end = offset + length - CHECKSUM_BYTES
+            if crc_bytes(shard.data[offset:end]) != shard.data[end:end + CHECKSUM_BYTES]:
+                raise CorruptChunkError(f"shard {shard.key!r} of field {field!r}: row {row} "
+                                        "fails its crc32c checksum", key=shard.key, field=field)
+            shard.verified[row] = 1
         if c_decompress is not None:
             ok = c_decompress(shard.address + offset, base + i * size, size, 1) == size
             error = "blosc_decompress_ctx failed"
