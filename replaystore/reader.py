@@ -171,24 +171,27 @@ class Reader:
 
 
 MIN_CHUNKS = 4  # decoded chunks each chunked field keeps when the budget allows
+NEXT_OF_SHARE = 16  # a next_of field stores about one row in an episode
 
 
 def split_budget(schema: Schema, cache_bytes: int) -> list[int]:
     """Each field's share of ``cache_bytes``, which the shares never exceed together.
 
-    Split by row size alone, a field of small rows next to frames would get less than one of
-    its chunks (8-byte actions beside 7 KB frames: 0.1%) and decode a chunk for every read.
-    So each chunked field first gets ``MIN_CHUNKS`` chunks (~1 MiB each by default) when
-    all of those fit in half the budget, and the rest is split by row size.
+    Shares follow the bytes a field stores per row: its row size, or a sixteenth of it for a
+    ``next_of`` field, which stores only episode ends. Split that way alone, a field of small
+    rows next to frames would get less than one of its chunks (8-byte actions beside 7 KB
+    frames: 0.1%) and decode a chunk for every read. So each chunked field first gets
+    ``MIN_CHUNKS`` chunks (~1 MiB each by default) when all of those fit in half the budget.
     """
-    total = max(1, schema.row_nbytes)
+    weights = [f.row_nbytes // NEXT_OF_SHARE if f.next_of else f.row_nbytes for f in schema]
+    total = max(1, sum(weights))
     floors = [0 if f.codec.per_row else MIN_CHUNKS * f.chunk_rows * f.row_nbytes
               for f in schema]
     if not 0 < sum(floors) <= cache_bytes // 2:
         floors = [0] * len(floors)
     rest = cache_bytes - sum(floors)
-    return [floor + rest * f.row_nbytes // total
-            for f, floor in zip(schema, floors, strict=True)]
+    return [floor + rest * weight // total
+            for weight, floor in zip(weights, floors, strict=True)]
 
 
 def _slot_ranges(first: int, stop: int, capacity: int | None) -> list[tuple[int, int]]:
