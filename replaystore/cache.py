@@ -3,7 +3,9 @@
 ``ChunkPool`` keeps decoded chunks of one field in a single preallocated array of "pool slots"
 (untouched slots cost no memory), with a chunk → pool-slot table. A warm gather is then a few
 vectorised numpy operations whatever the number of chunks a batch touches, which is what lets
-a 256-row random batch cost microseconds. Eviction is least-recently-used.
+a 256-row random batch cost microseconds. Eviction is least-recently-used. When every chunk
+of the field fits the budget, chunk ``c`` goes to pool slot ``c``; once all are loaded the
+pool *is* the field, and a gather is a single ``take`` by slot.
 
 ``ShardCache`` keeps the *compressed* shards of a per-row field (a few times smaller than the
 decoded rows) and decodes only the rows a read asks for.
@@ -43,6 +45,8 @@ class ChunkPool:
         self._owner = np.full(0, -1, np.int64)
         self._used = np.zeros(0, np.int64)
         self._tick = 0
+        self._chunks = 0  # chunks of the field's extent (see reserve)
+        self._direct: bool | None = False  # pool slot c holds chunk c for every chunk; None: unknown
 
     @property
     def nbytes(self) -> int:
@@ -56,6 +60,11 @@ class ChunkPool:
 
         The caller guarantees ``0 <= slots`` and has sized the table with :meth:`reserve`.
         """
+        if self._direct is None:
+            n = self._chunks
+            self._direct = bool(n) and np.array_equal(self._table[:n], np.arange(n))
+        if self._direct:
+            return self._flat.take(slots, axis=0, out=out)
         if self._shift is not None:
             chunks, offsets = slots >> self._shift, slots & (self.rows - 1)
         else:
@@ -70,12 +79,16 @@ class ChunkPool:
             for chunk in needed[self._table[needed] < 0]:
                 self._load(int(chunk), load)
             pool = self._table[chunks]
+            if pool.min() < 0:  # a load moved out a chunk this batch needs (see _slot_for)
+                return self._gather_in_passes(chunks, offsets, needed, load, out)
         self._used[pool] = self._tick
         # One flat take is ~4x faster than indexing the 2-D (pool slot, offset) pair.
         return self._flat.take(pool * self.rows + offsets, axis=0, out=out)
 
     def reserve(self, chunks: int) -> None:
-        """Make room in the chunk table for chunk numbers below ``chunks``."""
+        """Make room in the chunk table for chunk numbers below ``chunks`` (the extent)."""
+        if chunks != self._chunks:
+            self._chunks, self._direct = chunks, None
         if chunks > len(self._table):
             extra = max(chunks, 2 * len(self._table)) - len(self._table)
             self._table = np.concatenate((self._table, np.full(extra, -1, np.int64)))
@@ -100,12 +113,24 @@ class ChunkPool:
         return out
 
     def _load(self, chunk: int, load: ChunkLoader) -> int:
-        slot = self._free_slot()
+        self._direct = None
+        slot = self._slot_for(chunk)
         load(chunk, self._data[slot])
         self._table[chunk] = slot
         self._owner[slot] = chunk
         self._used[slot] = self._tick
         return slot
+
+    def _slot_for(self, chunk: int) -> int:
+        """Pool slot ``chunk`` when every chunk of the extent fits, else any free slot (LRU)."""
+        if self._chunks > self.max_slots:
+            return self._free_slot()
+        if chunk >= len(self._owner):
+            self._grow_pool(min(self.max_slots, max(chunk + 1, 4, 2 * len(self._owner))))
+        if self._owner[chunk] >= 0:  # filled before the extent fit: move its chunk out
+            self._table[self._owner[chunk]] = -1
+        self._owner[chunk] = -1
+        return chunk
 
     def _free_slot(self) -> int:
         free = np.flatnonzero(self._owner < 0)
@@ -130,6 +155,7 @@ class ChunkPool:
 
     def invalidate(self, chunks: np.ndarray) -> None:
         """Forget the given chunks (their files changed)."""
+        self._direct = None
         chunks = chunks[chunks < len(self._table)]
         slots = self._table[chunks]
         slots = slots[slots >= 0]
