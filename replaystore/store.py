@@ -408,12 +408,13 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
         schema = _load_schema(backend, manifest)
         if lock is not None:
             backend.remove_temporary()
+        return Store(backend, schema, manifest, mode=mode, cache_bytes=cache_bytes, lock=lock,
+                     commit_every_rows=commit_every_rows,
+                     commit_every_seconds=commit_every_seconds)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release()  # a store that failed to open must not keep others out
         raise
-    return Store(backend, schema, manifest, mode=mode, cache_bytes=cache_bytes, lock=lock,
-                 commit_every_rows=commit_every_rows, commit_every_seconds=commit_every_seconds)
 
 
 def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
@@ -453,6 +454,8 @@ def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:
 
 
 def _interrupted_create(backend: LocalBackend) -> bool:
-    """A folder left by a create() that died before its first commit record."""
+    """A folder left by a create() that died before its first commit record: the lock and
+    metadata documents only. A store that lost its manifest but holds data is not one."""
     return (backend.exists(LOCK) and not backend.exists(MANIFEST)
-            and backend.lock_holder(LOCK) is None)
+            and backend.lock_holder(LOCK) is None
+            and all(key == LOCK or key.endswith("zarr.json") for key in backend.list()))

@@ -22,7 +22,7 @@ from . import frames, priority
 from .backend import TMP_MARK, LocalBackend
 from .episodes import BLOCK, read_block
 from .errors import CorruptStoreError, ReplayStoreError, StoreNotFoundError
-from .layout import LOCK, META, episode_block_key
+from .layout import GROUP, LOCK, MANIFEST, META, episode_block_key
 from .priority import PriorityIndex
 from .rewrite import RewriteReport, rewrite
 from .schema import Field
@@ -89,8 +89,12 @@ def verify(path: str | os.PathLike[str], *,
     report = VerifyReport(str(path))
     try:
         store = open(path, cache_bytes=0)
-    except StoreNotFoundError:
-        raise
+    except StoreNotFoundError as exc:
+        backend = LocalBackend(path)
+        if not (backend.is_container() and backend.exists(GROUP) and backend.exists(LOCK)):
+            raise  # not a store at all
+        report.problems.append(Problem(MANIFEST, f"the commit record is missing ({exc})"))
+        return report
     except ReplayStoreError as exc:
         report.problems.append(Problem(getattr(exc, "key", None) or META, str(exc)))
         return report

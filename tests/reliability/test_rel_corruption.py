@@ -313,9 +313,6 @@ def test_salvage_in_a_ring_drops_only_the_damaged_episodes(pristine: dict[str, P
     assert kept == 5_000 - 128 - 128
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rs.verify raises StoreNotFoundError for a store "
-                   "whose manifest was deleted, instead of reporting "
-                   "Problem(key='_replaystore/manifest.json')")
 def test_deleted_manifest_is_reported(pristine: dict[str, Path]) -> None:
     path = fresh_copy(pristine, "unbounded")
     (path / MANIFEST).unlink()
@@ -323,9 +320,6 @@ def test_deleted_manifest_is_reported(pristine: dict[str, Path]) -> None:
     assert [p.key for p in report.problems] == [MANIFEST]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rs.create without overwrite=True takes a store "
-                   "whose manifest is missing for an interrupted create() and deletes all "
-                   "its chunk files and episodes")
 def test_create_does_not_wipe_a_store_that_lost_its_manifest(pristine: dict[str, Path]) -> None:
     path = fresh_copy(pristine, "unbounded")
     (path / MANIFEST).unlink()
@@ -367,10 +361,6 @@ def test_verify_accepts_a_store_killed_inside_commit(pristine: dict[str, Path]) 
             np.testing.assert_array_equal(store.priority_index().leaf(store.slots()), before)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when rs.open(path, 'a') fails inside Store() (here "
-                   "a missing priority tree), the half-built store keeps the writer lock while "
-                   "the exception is alive, so rs.repair in the except block gets "
-                   "WriterLockedError naming this very process")
 def test_failed_writer_open_releases_the_lock(pristine: dict[str, Path]) -> None:
     path = fresh_copy(pristine, "unbounded")
     (path / next(k for k in store_files(path)["tree"])).unlink()
