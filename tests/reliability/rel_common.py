@@ -5,11 +5,12 @@
 * :func:`build_store`: a store exercising every layout (raw and compressed chunks, per-row
   shards, a ``next_of`` field, two episode blocks, a priority index), with deterministic rows.
 * :func:`run_python`: run a snippet in a subprocess under resource limits (address space,
-  file size), optionally as an unprivileged user, and read back the JSON it prints.
+  file size), optionally without root's permission bypass, and read back its JSON.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -17,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,8 @@ import replaystore as rs
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
-NOBODY = 65534
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3  # linux/capability.h
 
 # Every layout the writer has: raw chunks, compressed chunks, per-row shards, and a next_of
 # field stored only at episode ends. Smallish chunks: a few hundred files.
@@ -119,11 +120,15 @@ def _limits(address_space: int | None, file_size: int | None,
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         if file_size is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+            # Soft limit only: the child may raise it again, as if space had been freed.
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, resource.RLIM_INFINITY))
         if unprivileged and os.geteuid() == 0:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            # Root keeps its uid but loses the capabilities that bypass file permissions
+            # (dropped from the bounding set, so the exec'd interpreter never has them).
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
+                if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
     return apply
 
 
@@ -134,8 +139,9 @@ def run_python(code: str, *args: object, address_space: int | None = None,
 
     ``address_space`` caps virtual memory (RLIMIT_AS), so a huge allocation fails at once;
     ``file_size`` caps every file written (RLIMIT_FSIZE; SIGXFSZ ignored, so writes fail with
-    EFBIG as on a full disk); ``unprivileged`` drops root to uid/gid 65534 so that file
-    permissions apply. The child should print one JSON object as its last line.
+    EFBIG as on a full disk); ``unprivileged`` takes from root the capabilities that bypass
+    file permissions, so that a read-only folder is read-only for the child too. The child
+    should print one JSON object as its last line.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"),
@@ -152,23 +158,6 @@ def run_python(code: str, *args: object, address_space: int | None = None,
         except ValueError:
             continue
     return Limited(proc.returncode, result, proc.stdout, proc.stderr)
-
-
-def shared_tmp(prefix: str) -> Path:
-    """A folder every user can enter (pytest's tmp_path is private to its owner): for
-    children that drop privileges."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o777)
-    return path
-
-
-def chown_tree(path: Path, uid: int) -> None:
-    """Give ``path`` and everything under it to ``uid`` (no-op unless running as root)."""
-    if os.geteuid() != 0:
-        return
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            os.chown(name, uid, uid, follow_symlinks=False)
 
 
 def copy_store(src: Path, dst: Path) -> Path:
