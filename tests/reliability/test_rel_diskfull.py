@@ -255,8 +255,8 @@ print(json.dumps(out))"""), Path(__file__).resolve().parent, path, unprivileged=
     finally:
         thaw(path)
     assert writer.returncode == 0 and writer.result, writer.stderr[-3000:]
-    assert writer.result["close"] == "ok", writer.result["close"]
-    assert writer.result["reopened"] is True, writer.result["reopened"]
+    # close() may report the failed write, but must not keep the lock.
+    assert writer.result["reopened"] is True, (writer.result["reopened"], writer.result["close"])
 
 
 @pytest.mark.xfail(strict=True, reason="bug: a failed write (EFBIG, ENOSPC) surfaces as a bare "
