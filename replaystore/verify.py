@@ -199,6 +199,9 @@ def _check_episodes(store: Store, report: VerifyReport) -> None:
 def _check_index(store: Store, report: VerifyReport) -> None:
     backend = store._backend
     if not store.has_priority_index():
+        if "priority" in store.manifest.state:  # a commit recorded an index checkpoint
+            report.problems.append(Problem(priority.HEADER, "the priority index header is "
+                                           "missing, but the last commit recorded an index"))
         return
     try:
         index = store.priority_index()
@@ -206,6 +209,13 @@ def _check_index(store: Store, report: VerifyReport) -> None:
         report.problems.append(Problem(exc.key or priority.HEADER, str(exc)))
         return
     report.index_slots = index.header.slots
+    if not index.header.clean:
+        # A writer has it open (its uncommitted changes are in it), or one died: the next
+        # writer undoes those changes and rebuilds every inner node, so nothing here is final.
+        if backend.lock_holder(LOCK) is None:
+            report.warnings.append("the priority index was not closed cleanly; the next "
+                                   "writer to open the store repairs it")
+        return
     leaves = index.sum[index.leaves:]
     valid = np.zeros(index.leaves, bool)
     valid[store.slots()] = True
@@ -216,21 +226,31 @@ def _check_index(store: Store, report: VerifyReport) -> None:
         slot = int(np.flatnonzero((leaves != 0) & ~valid)[0])
         report.problems.append(Problem(index.key, f"slot {slot} holds no committed row but has "
                                        "a non-zero priority"))
-    if not index.header.clean and backend.lock_holder(LOCK) is None:
-        report.warnings.append("the priority index was not closed cleanly; the next writer "
-                               "to open the store rebuilds it")
         return
     _check_tree(index, report)
 
 
 def _check_tree(index: PriorityIndex, report: VerifyReport) -> None:
-    level, total = index.leaves, index.sum
+    """Every node is exactly what the index computes from its children (no tolerance: inner
+    nodes are always recomputed, never accumulated, so a mismatch is damage)."""
+    leaves = index.sum[index.leaves:]
+    with np.errstate(divide="ignore"):
+        inverse = np.where(leaves > 0, 1.0 / leaves, 0.0)
+    if not np.array_equal(index.inv[index.leaves:], inverse):
+        report.problems.append(Problem(index.key, "min-tree leaves do not match the priorities"))
+        return
+    level, total, inv = index.leaves, index.sum, index.inv
     while level > 1:
         half = level // 2
-        want = total[level:2 * level:2] + total[level + 1:2 * level:2]
-        if not np.allclose(total[half:level], want, rtol=1e-9, atol=1e-12):
+        if not np.array_equal(total[half:level],
+                              total[level:2 * level:2] + total[level + 1:2 * level:2]):
             report.problems.append(Problem(index.key, "inner nodes of the sum tree do not add "
                                            "up to their children"))
+            return
+        if not np.array_equal(inv[half:level], np.maximum(inv[level:2 * level:2],
+                                                          inv[level + 1:2 * level:2])):
+            report.problems.append(Problem(index.key, "inner nodes of the min tree do not "
+                                           "match their children"))
             return
         level = half
 

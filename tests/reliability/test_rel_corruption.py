@@ -257,9 +257,6 @@ def test_bit_flip_in_the_manifest_is_detected(tmp_path: Path) -> None:
     assert not rs.verify(path).ok
 
 
-@pytest.mark.xfail(strict=True, reason="bug: verify compares the sum tree with a tolerance "
-                   "(rtol 1e-9) and never checks the min tree, so most bit flips in the "
-                   "priority index go unreported (about 1 in 4 is caught)")
 @pytest.mark.parametrize("where", ["sum-leaf-low-bit", "min-tree-root", "min-tree-leaf"])
 def test_bit_flip_in_the_priority_tree_is_detected(pristine: dict[str, Path],
                                                    where: str) -> None:
@@ -275,9 +272,6 @@ def test_bit_flip_in_the_priority_tree_is_detected(pristine: dict[str, Path],
     assert not rs.verify(path).ok
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with priority.json deleted, verify sees no index "
-                   "(although the manifest records its checkpoint) and reports nothing; the "
-                   "next PrioritizedSampler silently starts every row at priority 1 again")
 def test_deleted_priority_header_is_detected(pristine: dict[str, Path]) -> None:
     path = fresh_copy(pristine, "unbounded")
     (path / HEADER).unlink()
@@ -341,10 +335,6 @@ store.commit()
 """
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after a writer dies between giving new rows their "
-                   "priority and replacing the manifest, verify reports 'slot N holds no "
-                   "committed row but has a non-zero priority' although the index is unclean "
-                   "and the next writer undoes that change; repair then resets every priority")
 def test_verify_accepts_a_store_killed_inside_commit(pristine: dict[str, Path]) -> None:
     path = fresh_copy(pristine, "unbounded")
     with rs.open(path) as store:
