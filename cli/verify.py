@@ -77,5 +77,6 @@ def _print(report: VerifyReport) -> None:
         return
     click.echo(f"{len(report.problems)} problem(s) in {report.path}:")
     for problem in report.problems:
-        rows = f" (rows {problem.rows[0]}..{problem.rows[1] - 1})" if problem.rows else ""
+        rows = (" (rows " + ", ".join(f"{a}..{b - 1}" for a, b in problem.ranges) + ")"
+                if problem.ranges else "")
         click.echo(f"  {problem}{rows}")

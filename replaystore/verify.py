@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import frames, priority
+from . import priority
 from .backend import TMP_MARK, LocalBackend
 from .episodes import BLOCK, read_block
 from .errors import CorruptStoreError, ReplayStoreError, StoreNotFoundError
-from .layout import GROUP, LOCK, MANIFEST, META, episode_block_key
+from .layout import GROUP, LOCK, MANIFEST, META, chunk_key, episode_block_key
 from .priority import PriorityIndex
 from .rewrite import RewriteReport, rewrite
 from .schema import Field
@@ -35,7 +35,8 @@ class Problem:
 
     key: str
     message: str
-    rows: tuple[int, int] | None = None  # the committed global rows it makes unreadable
+    rows: tuple[int, int] | None = None  # first and last + 1 of the rows it makes unreadable
+    ranges: tuple[tuple[int, int], ...] = ()  # exactly which: [start, end) runs
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}"
@@ -60,22 +61,23 @@ class VerifyReport:
     @property
     def first_bad_row(self) -> int | None:
         """The oldest committed row some problem makes unreadable."""
-        starts = [p.rows[0] for p in self.problems if p.rows is not None]
+        starts = [a for p in self.problems for a, _ in p.ranges]
         return min(starts) if starts else None
 
     def unreadable(self, rows: np.ndarray) -> np.ndarray:
         """Which of the global ``rows`` some problem makes unreadable."""
         bad = np.zeros(len(rows), bool)
         for p in self.problems:
-            if p.rows is not None:
-                bad |= (rows >= p.rows[0]) & (rows < p.rows[1])
+            for start, end in p.ranges:
+                bad |= (rows >= start) & (rows < end)
         return bad
 
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "ok": self.ok, "rows": self.rows, "chunks": self.chunks,
                 "episodes": self.episodes, "index_slots": self.index_slots,
                 "problems": [{"key": p.key, "message": p.message,
-                              "rows": list(p.rows) if p.rows else None} for p in self.problems],
+                              "rows": list(p.rows) if p.rows else None,
+                              "ranges": [list(r) for r in p.ranges]} for p in self.problems],
                 "warnings": self.warnings}
 
 
@@ -125,30 +127,59 @@ def _check_chunks(store: Store, progress: Callable[[int], None] | None,
     m = store.manifest
     rows = np.arange(m.start, m.end, dtype=np.int64)
     slots = m.slot_of(rows)
+    targets = {f.next_of for f in store.schema if f.next_of is not None}
     for f in store.schema:
         chunk_of = slots // f.chunk_rows
         for chunk in _chunks(store, f):
             mine = rows[chunk_of == chunk]
             report.chunks += 1
             try:
-                if f.next_of is not None:
-                    frames.next_frames(reader, f.name, f.next_of, mine)
-                else:
-                    reader.gather(f.name, m.slot_of(mine))
+                # A next_of field's own rows; the rows derived from its target are checked
+                # with the target.
+                missing = np.zeros(len(mine), bool) if f.next_of is not None else None
+                reader.gather(f.name, m.slot_of(mine), missing)
+                if missing is not None and missing.any():
+                    _check_next_of_rows(store, chunk_key(f, int(chunk)), mine[missing])
             except CorruptStoreError as exc:
-                yield Problem(exc.key or f.name, str(exc), (int(mine[0]), int(mine[-1]) + 1))
+                runs = _runs(mine)
+                if f.name in targets:  # the row before each run reads its next value here
+                    runs = [(max(m.start, a - 1), b) for a, b in runs]
+                yield Problem(exc.key or f.name, str(exc), (runs[0][0], runs[-1][1]),
+                              tuple(runs))
             if progress is not None:
                 progress(1)
 
 
+def _check_next_of_rows(store: Store, key: str, rows: np.ndarray) -> None:
+    """Rows a next_of field does not store must have a successor: not an episode's end, not
+    the newest committed row."""
+    try:
+        flags = store._reader.get(store.manifest.slot_of(rows), ("terminated", "truncated"))
+    except CorruptStoreError:
+        return  # the flags' own chunks are reported
+    ends = flags["terminated"] | flags["truncated"] | (rows == store.manifest.end - 1)
+    if ends.any():
+        raise CorruptStoreError(f"{key!r} lacks the stored next value of row "
+                                f"{int(rows[np.argmax(ends)])}, which ends its episode or is "
+                                "the newest row", key=key)
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted global rows as [start, end) runs (a ring chunk may hold two)."""
+    order = np.sort(rows)
+    breaks = np.flatnonzero(np.diff(order) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(order, breaks)]
+
+
 def _merge(problems: Iterator[Problem]) -> list[Problem]:
-    """One problem per file; a chunk that several fields read (next_of) is reported once."""
+    """One problem per file; a chunk that several fields read is reported once."""
     by_key: dict[str, Problem] = {}
     for p in problems:
         seen = by_key.get(p.key)
         if seen is not None and seen.rows and p.rows:
             p = Problem(p.key, seen.message, (min(seen.rows[0], p.rows[0]),
-                                              max(seen.rows[1], p.rows[1])))
+                                              max(seen.rows[1], p.rows[1])),
+                        seen.ranges + p.ranges)
         by_key[p.key] = p if seen is None or p.rows else seen
     return list(by_key.values())
 
