@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import LocalBackend
+from .codecs import crc_bytes
 from .errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
 from .layout import FORMAT_VERSION, MANIFEST, dumps
 
@@ -113,11 +114,22 @@ def load_manifest(backend: LocalBackend) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptStoreError(f"manifest {MANIFEST!r} is not valid JSON: {exc}",
                                 key=MANIFEST) from None
-    return Manifest.from_json(doc)
+    stored = doc.pop("crc32c", None) if isinstance(doc, dict) else None
+    manifest = Manifest.from_json(doc)  # a newer format version is reported as such first
+    if stored is not None and stored != _checksum(doc):  # older manifests have none
+        raise CorruptStoreError(f"manifest {MANIFEST!r} fails its crc32c checksum",
+                                key=MANIFEST)
+    return manifest
+
+
+def _checksum(doc: dict[str, Any]) -> str:
+    # A damaged byte can leave valid JSON that claims rows nobody wrote ("end": 40 -> 41).
+    return crc_bytes(dumps(doc)).hex()
 
 
 def commit_manifest(backend: LocalBackend, manifest: Manifest) -> Manifest:
     """Durably replace the manifest; returns it with a fresh sequence number and time."""
     committed = manifest.replace(commit_seq=manifest.commit_seq + 1, commit_time=time.time())
-    backend.write(MANIFEST, dumps(committed.to_json()), durable=True)
+    doc = committed.to_json()
+    backend.write(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)
     return committed

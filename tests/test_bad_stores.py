@@ -45,6 +45,14 @@ def test_create_refuses_existing(committed, tmp_path):
     assert len(fresh) == 0
 
 
+def test_edited_manifest_fails_its_checksum(committed):
+    doc = json.loads((committed / MANIFEST).read_text())
+    doc["end"] += 1
+    (committed / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(rs.CorruptStoreError, match="crc32c"):
+        rs.open(committed)
+
+
 def test_newer_format_version(committed):
     doc = json.loads((committed / MANIFEST).read_text())
     doc["format_version"] = 99
@@ -64,6 +72,7 @@ def test_malformed_manifest(committed, content):
 
 def test_manifest_pointing_past_the_data(committed):
     doc = json.loads((committed / MANIFEST).read_text())
+    doc.pop("crc32c")  # a crafted manifest, not a damaged one: checked on its merits
     doc["end"] = 10_000
     (committed / MANIFEST).write_text(json.dumps(doc))
     store = rs.open(committed)
@@ -73,6 +82,7 @@ def test_manifest_pointing_past_the_data(committed):
 
 def test_schema_hash_mismatch(committed):
     doc = json.loads((committed / MANIFEST).read_text())
+    doc.pop("crc32c")
     doc["schema_hash"] = "0" * 16
     (committed / MANIFEST).write_text(json.dumps(doc))
     with pytest.raises(rs.CorruptStoreError, match="does not match the manifest's schema hash"):
