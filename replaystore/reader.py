@@ -135,8 +135,9 @@ class Reader:
     def _check_fresh(self, field: Field, chunk: int) -> None:
         """Refuse a chunk read after the ring writer began replacing this snapshot's rows in it."""
         m = self.manifest
-        if m.capacity is None or m.end <= m.capacity:
-            return  # nothing of this snapshot was ever overwritten
+        if m.capacity is None:
+            return  # rows are never overwritten
+        # A ring: even a snapshot from before the first wrap may have been overwritten since.
         current = load_manifest(self.backend)
         if current.generation == m.generation and current.start <= m.start:
             return
