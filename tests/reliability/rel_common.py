@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import resource
@@ -61,6 +62,34 @@ def rows(first: int, count: int) -> dict[str, np.ndarray]:
         "terminated": end & (g // 2 % 7 != 3),
         "truncated": end & (g // 2 % 7 == 3),
     }
+
+
+def checked_rows(g: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows for concurrency checks: field ``row`` holds the global row number and ``check`` a
+    checksum of it and every other field (see :func:`row_checksums`)."""
+    g = np.asarray(g, dtype=np.int64)
+    values = {
+        "row": g,
+        "obs": ((g[:, None] * 7 + np.arange(16)) % 1009).astype(np.float32) / 7,
+        "frame": ((g[:, None, None] * 31 + np.arange(144).reshape(12, 12)) % 256
+                  ).astype(np.uint8),
+        "reward": (g % 13).astype(np.float32),
+        "terminated": g % 17 == 16,
+        "truncated": g % 23 == 22,
+    }
+    values["check"] = row_checksums(values)
+    return values
+
+
+def row_checksums(values: dict[str, np.ndarray]) -> np.ndarray:
+    """blake2b (8 bytes) of each row's number and fields: a row whose fields come from
+    different writes fails it."""
+    n = len(values["row"])
+    parts = [np.ascontiguousarray(values[k]).reshape(n, -1).view(np.uint8)
+             for k in ("row", "obs", "frame", "reward", "terminated", "truncated")]
+    joined = np.concatenate(parts, axis=1)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
+                                    "little") for r in joined], dtype=np.uint64)
 
 
 def build_store(path: Path, *, count: int = 8_200, capacity: int | None = None,
