@@ -238,7 +238,6 @@ class Result:
     verify_ok: bool | None = None  # rs.verify(path).ok after the kill (None: not run)
     priority: str | None = None  # "exact", "skipped" or "mismatch"
     outcome: str | None = None  # rewrite: "old" or "new"
-    false_alarm: bool = False  # verify's known false alarm on an unclean index (see above)
     seconds: float = 0.0
     note: str = ""  # what the cycle did, for failure messages
 
@@ -250,25 +249,14 @@ class Result:
 
 def check_verify(path: Path, verdict: Verdict, what: str = "") -> bool:
     """``rs.verify(path).ok``; problems are noted on ``verdict``."""
-    return not verify_problems(path, verdict, what)
-
-
-def verify_problems(path: Path, verdict: Verdict, what: str = "") -> list[str]:
-    """The problems ``rs.verify(path)`` reports (noted on ``verdict``)."""
     try:
         report = rs.verify(path)
     except Exception as exc:
         verdict.note(f"rs.verify{what} raised {exc!r}")
-        return [repr(exc)]
+        return False
     for problem in report.problems[:3]:
         verdict.note(f"rs.verify{what}: {problem}")
-    return [str(p) for p in report.problems]
-
-
-# Known verify bug (tests/reliability/test_rel_corruption.py): after a writer dies between
-# giving new rows their priority and replacing the manifest, verify flags the index although
-# the next writer undoes that change. Counted apart, as long as verify passes after recovery.
-FALSE_ALARM = "holds no committed row but has a non-zero priority"
+    return report.ok
 
 
 def read_all(path: Path) -> tuple[rs.Manifest, dict[str, np.ndarray]] | None:
@@ -437,15 +425,10 @@ class PriorityLineage:
         if not v.opened:
             return result
         self.window = (v.start, v.end)
-        problems = verify_problems(self.path, v)
+        result.verify_ok = check_verify(self.path, v)
         result.priority = self._check_priorities(commits, v)
         # After a writer's recovery the index is clean, so verify checks the whole tree too.
-        result.verify_ok = check_verify(self.path, v, " after writer recovery")
-        if problems and result.verify_ok and all(FALSE_ALARM in p for p in problems):
-            result.false_alarm = True
-            v.problems = [p for p in v.problems if FALSE_ALARM not in p]
-        elif problems:
-            result.verify_ok = False
+        result.verify_ok &= check_verify(self.path, v, " after writer recovery")
         return result
 
     def _check_priorities(self, commits: list[tuple[int, int, int, str]], v: Verdict) -> str:
@@ -755,7 +738,6 @@ class Totals:
     lost_rows: int = 0
     unopenable: int = 0
     verify_failures: int = 0
-    false_alarms: int = 0
     seconds: Counter[str] = field(default_factory=Counter)
     mismatched_rows: int = 0
     episode_errors: int = 0
@@ -783,7 +765,6 @@ class Totals:
         self.lost_rows += verdict.lost_rows
         self.unopenable += not verdict.opened
         self.verify_failures += result.verify_ok is False
-        self.false_alarms += result.false_alarm
         self.seconds[result.kind] += result.seconds
         self.mismatched_rows += verdict.mismatched_rows
         self.episode_errors += verdict.episode_errors
@@ -922,8 +903,6 @@ def summary(totals: Totals, wall: float, strict_zarr: bool, kinds: list[str]) ->
         f"lost committed rows   {totals.lost_rows}",
         f"unopenable stores     {totals.unopenable}",
         f"verify failures       {totals.verify_failures} (rs.verify(path).ok after every cycle)",
-        f"verify false alarms   {totals.false_alarms} (known bug: an unclean priority index "
-        "flagged before the next writer's recovery; verify passes after it)",
         f"mismatched rows       {totals.mismatched_rows}",
         f"episode errors        {totals.episode_errors}",
         f"priority checks       {prio['exact']} exact after recovery, {prio['mismatch']} wrong, "
