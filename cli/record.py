@@ -10,33 +10,20 @@ from typing import Any
 import click
 
 from .output import emit_json
+from .params import FieldCodec
 
 FIELDS = ("obs", "action", "next_obs", "reward", "terminated", "truncated")
 
 
-class CodecAssignment(click.ParamType):
-    """``FIELD=SPEC``, e.g. ``obs=zstd:3/rows``."""
-
-    name = "FIELD=SPEC"
+class RecordedFieldCodec(FieldCodec):
+    """``FIELD=SPEC`` for one of the fields a recording writes, e.g. ``obs=zstd:3/rows``."""
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> tuple[str, str]:
-        from replaystore import Codec, SchemaError
-
-        if isinstance(value, tuple):
-            return value
-        name, sep, spec = str(value).partition("=")
-        if not sep or name not in FIELDS:
-            self.fail(f"{value!r}: expected FIELD=SPEC with FIELD one of {', '.join(FIELDS)}",
-                      param, ctx)
-        try:
-            codec = Codec.parse(spec)
-        except SchemaError as exc:
-            self.fail(str(exc), param, ctx)
-        if name == "next_obs" and not codec.per_row:
-            self.fail("next_obs is stored only at episode ends and needs a per-row codec "
-                      "such as lz4hc:5/rows", param, ctx)
-        return name, str(codec)
+        name, codec = super().convert(value, param, ctx)
+        if name not in FIELDS:
+            self.fail(f"{value!r}: FIELD must be one of {', '.join(FIELDS)}", param, ctx)
+        return name, codec
 
 
 class ProgressLine:
@@ -116,7 +103,7 @@ otherwise read from the next row's obs), reward, terminated, truncated.""")
                    "Its fields must match the environment.")
 @click.option("--capacity", type=click.IntRange(min=1), metavar="N",
               help="Ring size of a new store: the oldest rows are overwritten past N.")
-@click.option("--codec", "codecs", type=CodecAssignment(), multiple=True,
+@click.option("--codec", "codecs", type=RecordedFieldCodec(), multiple=True,
               help="Codec of a field of a new store, e.g. obs=zstd:3 or obs=lz4hc:5/rows "
                    "(repeatable).")
 @click.option("--commit-every", type=click.FloatRange(min=0, min_open=True), default=10.0,

@@ -214,7 +214,7 @@ def test_policy_errors(tmp_path, policy_file):
     (["CartPole-v1", "{tmp}/x", "--steps", "5", "--num-envs", "0"], "--num-envs"),
     (["CartPole-v1", "{tmp}/x", "--steps", "5", "--codec", "obz=raw"], "--codec"),
     (["CartPole-v1", "{tmp}/x", "--steps", "5", "--codec", "obs=zip"], "--codec"),
-    (["CartPole-v1", "{tmp}/x", "--steps", "5", "--codec", "next_obs=raw"], "--codec"),
+    (["CartPole-v1", "{tmp}/x", "--steps", "5", "--codec", "obs"], "--codec"),
     (["CartPole-v1", "{tmp}", "--steps", "5"], "PATH"),
 ])
 def test_usage_errors_exit_2(tmp_path, args, needle):
