@@ -50,6 +50,7 @@ class LocalBackend:
         self.root = Path(root)
         self._counter = itertools.count()
         self._unsynced_dirs: set[Path] = set()
+        self._safe_dirs: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
@@ -70,12 +71,29 @@ class LocalBackend:
         shutil.rmtree(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        if path.parent != self.root and path.parent not in self._safe_dirs:
+            self._check_folders(path.parent, key)
+        return path
+
+    def _check_folders(self, folder: Path, key: str) -> None:
+        """Refuse a key whose folders include a symbolic link (out of the store, perhaps).
+
+        O_NOFOLLOW guards only a path's last component; folders are checked here, once each.
+        """
+        current = self.root
+        for part in folder.relative_to(self.root).parts:
+            current = current / part
+            if current.is_symlink():
+                raise CorruptStoreError(f"refusing {key!r}: {str(current)!r} is a symbolic "
+                                        "link", key=key)
+        if folder.is_dir():
+            self._safe_dirs.add(folder)
 
     def read(self, key: str) -> bytes:
         """Return the bytes stored at ``key``; FileNotFoundError if there are none."""
         # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it.
-        fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = _open_no_link(self._path(key), os.O_RDONLY, key)
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
@@ -183,18 +201,23 @@ class LocalBackend:
         """An append-only handle on ``key`` (created if missing), for undo logs."""
         path = self._path(key)
         self._make_parent(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, key)
         return os.fdopen(fd, "ab")
 
     def lock(self, key: str) -> WriterLock:
         """Take the exclusive single-writer lock stored at ``key`` (raises if another holds it)."""
         path = self._path(key)
         self._make_parent(path)
+        if path.is_symlink():
+            raise CorruptStoreError(f"refusing the lock {key!r}: it is a symbolic link", key=key)
         return WriterLock.acquire(path)
 
     def lock_holder(self, key: str) -> int | None:
         """The pid of the live process holding the lock at ``key``, or None."""
-        return WriterLock.holder(self._path(key))
+        path = self._path(key)
+        if path.is_symlink():
+            raise CorruptStoreError(f"refusing the lock {key!r}: it is a symbolic link", key=key)
+        return WriterLock.holder(path)
 
     # -- replacing the whole store (prune, compact, repair) ----------------------------------
 
@@ -270,6 +293,15 @@ class LocalBackend:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _open_no_link(path: Path, flags: int, key: str, mode: int = 0o644) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptStoreError(f"refusing {key!r}: it is a symbolic link", key=key) from None
+        raise
 
 
 def _exchange(a: Path, b: Path) -> bool:

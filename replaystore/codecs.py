@@ -61,6 +61,7 @@ COMPRESSORS = ("lz4", "lz4hc", "zstd", "blosclz", "zlib")
 RAW = "raw"
 CHECKSUM_BYTES = 4
 ROWS_LAYOUT_MIN_BYTES = 1024
+MAX_CHUNK_BYTES = 1 << 30  # the writer buffers a whole chunk (or shard) of decoded rows
 _MISSING = np.uint64(2**64 - 1)
 
 
@@ -150,9 +151,9 @@ def default_chunk_rows(row_nbytes: int, codec: Codec) -> int:
     """
     target = (16 << 20) if codec.per_row else (1 << 20)
     rows = 1 << max(0, int(np.log2(max(1, target // max(1, row_nbytes)))))
-    if codec.per_row:  # a shard's index costs 16 bytes a row, written whole at each commit
-        return int(min(max(rows, 64), 4096))
-    return int(min(max(rows, 1024), 65536))
+    # A shard's index costs 16 bytes a row, written whole at each commit: at most 4096 rows.
+    rows = min(max(rows, 64), 4096) if codec.per_row else min(max(rows, 1024), 65536)
+    return int(max(1, min(rows, MAX_CHUNK_BYTES // max(1, row_nbytes))))
 
 
 def _shuffle(codec: Codec, itemsize: int) -> int:

@@ -347,8 +347,13 @@ def read_header(backend: LocalBackend) -> PriorityHeader:
     if header.format_version > 1:
         raise CorruptStoreError(f"priority index format {header.format_version} is newer than "
                                 "this replaystore understands", key=HEADER)
-    if not 0 < header.slots <= 1 << 40:
-        raise CorruptStoreError(f"priority index claims {header.slots} slots", key=HEADER)
+    if not (isinstance(header.slots, int) and 0 < header.slots <= 1 << 40):
+        raise CorruptStoreError(f"priority index claims {header.slots!r} slots", key=HEADER)
+    alpha = header.alpha
+    if not (isinstance(alpha, int | float) and not isinstance(alpha, bool)
+            and math.isfinite(alpha) and 0 <= alpha <= 10):
+        raise CorruptStoreError(f"priority index header has alpha {alpha!r}, not a number in "
+                                "[0, 10]", key=HEADER)
     return header
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs import Codec, default_chunk_rows, default_codec
+from .codecs import MAX_CHUNK_BYTES, Codec, default_chunk_rows, default_codec
 from .errors import SchemaError
 
 EPISODE_FIELDS = {"reward": "float32", "terminated": "bool", "truncated": "bool"}
@@ -85,6 +85,10 @@ class Field:
         if not 1 <= rows <= 1 << 24:
             raise SchemaError(f"field {self.name!r}: chunk_rows must be in 1..{1 << 24}, "
                               f"got {self.chunk_rows!r}")
+        if rows * self.row_nbytes > MAX_CHUNK_BYTES:
+            raise SchemaError(f"field {self.name!r}: a chunk of {rows} rows of "
+                              f"{self.row_nbytes} bytes exceeds {MAX_CHUNK_BYTES >> 20} MiB; "
+                              "use fewer chunk_rows")
         object.__setattr__(self, "chunk_rows", rows)
         if not isinstance(self.stack, int) or not 1 <= self.stack <= 64:
             raise SchemaError(f"field {self.name!r}: stack must be an integer from 1 to 64, "
@@ -96,7 +100,7 @@ class Field:
     @property
     def row_nbytes(self) -> int:
         """Bytes of one row, uncompressed."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
 
     @property
     def read_shape(self) -> tuple[int, ...]:

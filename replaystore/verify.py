@@ -243,7 +243,7 @@ def _check_index(store: Store, report: VerifyReport) -> None:
     if not index.header.clean:
         # A writer has it open (its uncommitted changes are in it), or one died: the next
         # writer undoes those changes and rebuilds every inner node, so nothing here is final.
-        if backend.lock_holder(LOCK) is None:
+        if not any(p.key == LOCK for p in report.problems) and backend.lock_holder(LOCK) is None:
             report.warnings.append("the priority index was not closed cleanly; the next "
                                    "writer to open the store repairs it")
         return
@@ -287,7 +287,11 @@ def _check_tree(index: PriorityIndex, report: VerifyReport) -> None:
 
 
 def _check_leftovers(backend: LocalBackend, report: VerifyReport) -> None:
-    holder = backend.lock_holder(LOCK)
+    try:
+        holder = backend.lock_holder(LOCK)
+    except CorruptStoreError as exc:  # a lock that is a symbolic link
+        report.problems.append(Problem(exc.key or LOCK, str(exc)))
+        return
     if holder is not None:
         report.warnings.append(f"process {holder} is writing the store; this checked its last "
                                "commit")
