@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -318,6 +319,11 @@ class _NpzSource(_Source):
             with self.zf.open(info) as fh:
                 shape, fortran, dtype = _read_npy_header(fh, path, key)
             if key in (META_KEY, PRIORITY_KEY):
+                # Checked before numpy reads it: object arrays would need unpickling, and a
+                # header may claim far more data than the member holds.
+                if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise TransferError(f"{str(path)!r}: member {key!r} is not a plain array "
+                                        f"of the size it claims ({shape}, {dtype})")
                 value = self._load(info.filename)
                 if key == META_KEY:
                     self.meta = _parse_meta(str(value), path)

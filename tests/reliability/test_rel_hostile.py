@@ -524,10 +524,6 @@ def test_symlinked_folder_is_refused(probed: dict[str, Probed], name: str) -> No
                for op, outcome in case.outcome.items()), case.outcome
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an npz whose _meta or _priority member is an "
-                   "object array makes import_store raise numpy's bare ValueError ('Object "
-                   "arrays cannot be loaded when allow_pickle=False') instead of a "
-                   "TransferError (nothing is unpickled)")
 @pytest.mark.parametrize("name", ["npz-object-meta", "npz-object-priority"])
 def test_npz_pickled_metadata_is_refused(probed: dict[str, Probed], name: str) -> None:
     case = probed[name]
@@ -535,8 +531,5 @@ def test_npz_pickled_metadata_is_refused(probed: dict[str, Probed], name: str) -
     assert refused(case.outcome["import"], "TransferError"), case.outcome["import"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an npz _priority member whose header claims 2**37 "
-                   "float64 values is read with numpy's read_array, which allocates 1 TiB "
-                   "(MemoryError) instead of checking the length against the rows")
 def test_npz_priority_with_a_huge_header_is_refused(probed: dict[str, Probed]) -> None:
     assert refused(probed["npz-priority-header-1TiB"].outcome["import"], "TransferError")
