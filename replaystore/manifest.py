@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ class Manifest:
                 and self.end - self.start <= self.capacity):
             raise CorruptStoreError(f"manifest window [{self.start}, {self.end}) does not fit "
                                     f"capacity {self.capacity}", key=MANIFEST)
+        problem = _state_problem(self.state)
+        if problem:
+            raise CorruptStoreError(f"manifest state is malformed: {problem}", key=MANIFEST)
 
     @property
     def rows(self) -> int:
@@ -100,6 +104,30 @@ class Manifest:
             return cls(**values)
         except (TypeError, ValueError, IndexError) as exc:
             raise CorruptStoreError(f"malformed manifest: {exc}", key=MANIFEST) from None
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with the ``state`` a commit recorded (index checkpoint, samplers), if
+    anything: its shape only; a sampler checks its own state when it loads it."""
+    if not isinstance(state, dict):
+        return "not an object"
+    index = state.get("priority", {})
+    if not isinstance(index, dict):
+        return "'priority' is not an object"
+    checkpoint, top = index.get("checkpoint", 0), index.get("max_priority", 1.0)
+    if not (type(checkpoint) is int and 0 <= checkpoint <= MAX_ROWS):
+        return f"priority checkpoint {checkpoint!r} is not a counter"
+    if not (type(top) in (int, float) and math.isfinite(top) and top >= 0):
+        return f"max_priority {top!r} is not a finite, non-negative number"
+    samplers = state.get("samplers", {})
+    if not isinstance(samplers, dict):
+        return "'samplers' is not an object"
+    for name, saved in samplers.items():
+        if not (isinstance(saved, dict) and isinstance(saved.get("kind"), str)
+                and type(saved.get("steps")) is int and isinstance(saved.get("bit_generator"),
+                                                                   dict)):
+            return f"saved state of sampler {name!r} is malformed"
+    return None
 
 
 def load_manifest(backend: LocalBackend) -> Manifest:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SchemaError
+from .errors import CorruptStoreError, SchemaError
+from .layout import MANIFEST
 from .priority import PriorityIndex, check_priorities
 from .store import Store, as_slots
 
@@ -78,8 +79,12 @@ class Sampler:
         if state.get("kind") != type(self).__name__:
             raise SchemaError(f"saved sampler state is for a {state.get('kind')}, not a "
                               f"{type(self).__name__}")
-        self.steps = int(state["steps"])
-        self.rng.bit_generator.state = state["bit_generator"]
+        try:
+            self.steps = int(state["steps"])
+            self.rng.bit_generator.state = state["bit_generator"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"saved state of sampler {self.name!r} cannot be loaded: "
+                                    f"{exc}", key=MANIFEST) from None
 
     def sample(self, batch_size: int) -> Batch:
         raise NotImplementedError

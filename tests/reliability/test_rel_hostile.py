@@ -485,10 +485,6 @@ def test_shape_overflowing_int64_is_refused(probed: dict[str, Probed]) -> None:
     check_refused(probed["shape-2^70"], key="zarr.json")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the manifest's 'state' is not validated: a "
-                   "non-integer priority checkpoint makes verify and open(path, 'a') raise a "
-                   "bare ValueError, and a garbage saved sampler state a bare ValueError from "
-                   "numpy when the sampler is built")
 @pytest.mark.parametrize("name", ["state-checkpoint-string", "state-sampler-garbage"])
 def test_malformed_manifest_state_is_refused(probed: dict[str, Probed], name: str) -> None:
     outcome = probed[name].outcome
