@@ -109,16 +109,21 @@ class LocalBackend:
         path = self._path(key)
         self._make_parent(path)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise _naming(exc, path) from None
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _naming(exc, path) from None
             raise
         os.close(fd)
         os.replace(tmp, path)
@@ -293,6 +298,11 @@ class LocalBackend:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the file (os.write's errors name none: 'File too large')."""
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def _open_no_link(path: Path, flags: int, key: str, mode: int = 0o644) -> int:

@@ -25,7 +25,7 @@ from .codecs import Codec
 from .errors import CorruptStoreError, SchemaError
 from .manifest import commit_manifest
 from .schema import Schema
-from .store import Store, create, open
+from .store import Store, as_slots, create, open
 
 BATCH_BYTES = 64 << 20  # rows copied per step: bounds the copy's memory, not its speed
 
@@ -100,7 +100,7 @@ def rewrite(path: str | os.PathLike[str],
     try:
         m = src.manifest
         rows = np.arange(m.start, m.end, dtype=np.int64) if keep is None else \
-            _check_rows(np.unique(np.asarray(keep(src), dtype=np.int64)), m.start, m.end)
+            _check_rows(np.unique(as_slots(keep(src))), m.start, m.end)
         schema = _with_codecs(src.schema, codecs or {})
         before = _disk_bytes(src)
         ends = _ends(src, rows)

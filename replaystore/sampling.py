@@ -76,6 +76,9 @@ class Sampler:
                 "bit_generator": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"a sampler state is a dict (from state_dict()), got "
+                            f"{type(state).__name__}")
         if state.get("kind") != type(self).__name__:
             raise SchemaError(f"saved sampler state is for a {state.get('kind')}, not a "
                               f"{type(self).__name__}")

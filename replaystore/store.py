@@ -176,6 +176,8 @@ class Store:
         self._require_open()
         slots = as_slots(indices)
         names = self.schema.names if fields is None else tuple(fields)
+        if out is not None and not isinstance(out, Mapping):
+            raise TypeError(f"out must map field names to arrays, got {type(out).__name__}")
         if out:
             self._check_out(out, names, slots.shape)
         if any(self.schema[name].derived for name in names):  # KeyError names unknown fields
@@ -240,7 +242,7 @@ class Store:
 
     def committed_mask(self, indices: Any) -> np.ndarray:
         """True for each slot that holds a committed row."""
-        return self._reader.committed_mask(np.asarray(indices, dtype=np.int64))
+        return self._reader.committed_mask(as_slots(indices))
 
     def refresh(self) -> bool:
         """Move this reader to the newest commit; True if it changed."""
@@ -282,12 +284,14 @@ class Store:
         """Release the writer lock; uncommitted rows are discarded (call commit() first)."""
         if self._closed:
             return
-        self._state.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self._writer = None
-        self._closed = True
+        try:
+            self._state.close()
+        finally:  # a failed index write (disk full) must not leave the store locked
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._writer = None
+            self._closed = True
 
     def __enter__(self) -> Store:
         return self
@@ -308,6 +312,8 @@ def as_slots(indices: Any) -> np.ndarray:
     slots = np.asarray(indices)
     if slots.dtype.kind not in "iu" and slots.size:
         raise TypeError(f"indices must be integers, got dtype {slots.dtype}")
+    if slots.dtype == np.uint64 and slots.size and slots.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"slot {int(slots.max())} is out of range")
     return slots.astype(np.int64, copy=False)
 
 
@@ -396,8 +402,12 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
     backend = LocalBackend(path)
-    backend.finish_replace()
-    if not backend.is_container():
+    try:
+        backend.finish_replace()
+        found = backend.is_container()
+    except OSError as exc:  # a name too long, a folder we may not search, ...
+        raise StoreNotFoundError(f"no replay store at {str(path)!r}: {exc.strerror}") from None
+    if not found:
         raise StoreNotFoundError(f"no replay store at {str(path)!r}: not a directory")
     if _interrupted_create(backend):
         raise StoreNotFoundError(f"no replay store at {str(path)!r}: a create() was interrupted "

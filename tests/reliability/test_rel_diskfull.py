@@ -237,9 +237,6 @@ def test_read_only_store_folder(tmp_path: Path) -> None:
     check_content(path, (0, 1300))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Store.close() rewrites the priority header first; "
-                   "when that write fails (folder turned read-only, disk full) close() raises "
-                   "before releasing the writer lock, so the store stays locked by this process")
 def test_close_releases_the_lock_when_the_folder_turned_read_only(tmp_path: Path) -> None:
     path = build_store(tmp_path / "store", count=1000)
     try:
@@ -259,8 +256,6 @@ print(json.dumps(out))"""), Path(__file__).resolve().parent, path, unprivileged=
     assert writer.result["reopened"] is True, (writer.result["reopened"], writer.result["close"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a failed write (EFBIG, ENOSPC) surfaces as a bare "
-                   "OSError from os.write with no file name: nothing says which store or file")
 def test_write_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "store"
     child = run_python(WRITER, Path(__file__).resolve().parent, path, 0, 0, 37,
