@@ -355,23 +355,16 @@ def test_cli_bad_input(pristine: dict[str, Path], tmp_path: Path, data: st.DataO
 # -- known gaps: each test fails today and names the bug (strict: a fix makes it XPASS) ---------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Sampler.load_state_dict(None) (or any non-mapping) "
-                   "raises AttributeError ('NoneType' object has no attribute 'get')")
 def test_load_state_dict_refuses_a_non_mapping(pristine: dict[str, Path]) -> None:
     with rs.open(pristine["unbounded"]) as store, pytest.raises(ALLOWED):
         rs.UniformSampler(store).load_state_dict(None)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Store.get(..., out=3) raises AttributeError "
-                   "('int' object has no attribute 'items') instead of a TypeError")
 def test_get_refuses_out_that_is_not_a_mapping(pristine: dict[str, Path]) -> None:
     with rs.open(pristine["unbounded"]) as store, pytest.raises(ALLOWED):
         store.get([0], out=3)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: indices beyond int64 (2**70) raise OverflowError "
-                   "('Python int too large to convert to C long') from committed_mask and from "
-                   "rewrite's keep, where get raises the documented TypeError")
 @pytest.mark.parametrize("call", ["committed_mask", "rewrite"])
 def test_indices_beyond_int64_are_refused(pristine: dict[str, Path], tmp_path: Path,
                                           call: str) -> None:
@@ -385,9 +378,6 @@ def test_indices_beyond_int64_are_refused(pristine: dict[str, Path], tmp_path: P
     assert not isinstance(info.value, OverflowError)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a store path whose name is longer than the file "
-                   "system allows makes rs.open raise OSError(ENAMETOOLONG) while looking for "
-                   "an interrupted replacement, so the CLI exits 1 instead of the usage error 2")
 def test_too_long_store_path_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / ("x" * 300)
     with pytest.raises(rs.StoreNotFoundError):
