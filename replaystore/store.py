@@ -31,6 +31,7 @@ from .layout import (
     META_GROUP,
     array_document,
     array_key,
+    chunk_key,
     dumps,
     group_document,
     meta_group_document,
@@ -45,6 +46,7 @@ from .writer import Writer
 DEFAULT_CACHE_BYTES = 512 << 20
 DEFAULT_COMMIT_ROWS = 100_000
 DEFAULT_COMMIT_SECONDS = 30.0
+MANY_CHUNKS = 1 << 22  # chunks per field past which open() checks the newest one exists
 
 
 class Store:
@@ -416,6 +418,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
     try:
         manifest = load_manifest(backend)
         schema = _load_schema(backend, manifest)
+        _check_newest_row(backend, schema, manifest)
         if lock is not None:
             backend.remove_temporary()
         return Store(backend, schema, manifest, mode=mode, cache_bytes=cache_bytes, lock=lock,
@@ -452,6 +455,25 @@ def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
         raise CorruptStoreError(f"capacity in {GROUP} ({meta.get('capacity')}) does not match "
                                 f"the manifest ({manifest.capacity})", key=MANIFEST)
     return schema
+
+
+def _check_newest_row(backend: LocalBackend, schema: Schema, manifest: Manifest) -> None:
+    """Refuse a manifest that claims more chunks than a reader should index (millions) unless
+    the data is there: a commit syncs every chunk file before the manifest names its rows, so
+    the chunk holding the newest committed row exists in every field.
+
+    Only for such extents: a smaller store that lost its newest chunk still opens, so that
+    verify can name the file and repair can roll back.
+    """
+    chunks = max(-(-manifest.extent // f.chunk_rows) for f in schema)
+    if manifest.rows == 0 or chunks <= MANY_CHUNKS:
+        return
+    slot = int(manifest.slot_of(np.int64(manifest.end - 1)))
+    for field in schema:
+        key = chunk_key(field, slot // field.chunk_rows)
+        if not backend.exists(key):
+            raise CorruptStoreError(f"the manifest claims {manifest.end:,} rows, but {key!r}, "
+                                    f"which would hold the newest, is missing", key=MANIFEST)
 
 
 def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:

@@ -469,9 +469,6 @@ def test_the_library_never_unpickles_or_evaluates() -> None:
 # -- known gaps: each test fails today and names the bug (strict: a fix makes it XPASS) ---------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a manifest with end = 2**40 (allowed: MAX_ROWS is "
-                   "2**48) makes open() size the reader's chunk table to the claimed extent: "
-                   "MemoryError (32 GiB) instead of a CorruptStoreError")
 def test_manifest_claiming_2_40_rows_is_refused_without_allocating(
         probed: dict[str, Probed]) -> None:
     check_refused(probed["end-2^40"], key=MANIFEST)
