@@ -35,11 +35,11 @@ from replaystore.layout import MANIFEST
 from replaystore.priority import HEADER, UNDO
 
 DAMAGES = ("flip", "truncate", "delete")
-# What verify must catch whatever the damage (crc32c-protected files), and what it must catch
-# when the file is truncated or deleted; flipped bits in the JSON manifest, the index header
-# and the memory-mapped tree are covered by the xfail tests below.
-ALWAYS = {"chunk": DAMAGES, "episodes": DAMAGES, "manifest": ("truncate",),
-          "tree": ("truncate", "delete"), "header": ("truncate",)}
+# What verify must catch whatever the damage (crc32c-protected files and manifest, the trees
+# checked node by node), and what it must catch when the file is truncated or deleted; flipped
+# bits in the unchecksummed index header are covered by an xfail test below.
+ALWAYS = {"chunk": DAMAGES, "episodes": DAMAGES, "manifest": DAMAGES, "tree": DAMAGES,
+          "header": DAMAGES[1:]}
 
 
 def category(key: str) -> str:
@@ -89,6 +89,10 @@ def damage(path: Path, key: str, how: str, rng: random.Random) -> str:
         offset = (tree * 2 * leaves + node) * 8 + rng.randrange(8)
     else:
         offset = rng.randrange(len(data))
+        if key == MANIFEST:  # not the checksum's own key name: see the xfail test below
+            name = data.index(b'"crc32c"')
+            while name <= offset < name + 8:
+                offset = rng.randrange(len(data))
     bit = rng.randrange(8)
     data[offset] ^= 1 << bit
     file.write_bytes(bytes(data))
@@ -108,13 +112,19 @@ def fresh_copy(pristine: dict[str, Path], kind: str) -> Path:
     return copy_store(pristine[kind], target)
 
 
-def expect_read_errors(path: Path, key: str, kind: str, problem: rs.Problem) -> None:
+def expect_read_errors(path: Path, key: str, kind: str, how: str,
+                       problem: rs.Problem) -> None:
     """Reading the damaged file raises the specific error naming it; other rows still read."""
     if kind == "manifest":
-        with pytest.raises(rs.CorruptStoreError) as info:
+        with pytest.raises(rs.ReplayStoreError) as info:
             rs.open(path)
-        assert info.value.key == MANIFEST
+        if how == "delete":
+            assert isinstance(info.value, rs.StoreNotFoundError) and MANIFEST in str(info.value)
+        else:
+            assert isinstance(info.value, rs.CorruptStoreError) and info.value.key == MANIFEST
         return
+    if kind == "tree" and how == "flip":
+        return  # the index maps fine: only verify's node-by-node check can tell
     with rs.open(path) as store:
         if kind == "chunk":
             with pytest.raises(rs.CorruptChunkError) as info:
@@ -131,6 +141,9 @@ def expect_read_errors(path: Path, key: str, kind: str, problem: rs.Problem) -> 
             with pytest.raises(rs.CorruptStoreError) as info:
                 _ = store.episodes
             assert info.value.key == key
+        elif kind == "header" and how == "delete":
+            with pytest.raises(rs.ReadOnlyError):  # a reader sees no index
+                store.priority_index()
         else:  # the priority index
             with pytest.raises(rs.CorruptStoreError) as info:
                 store.priority_index()
@@ -195,7 +208,7 @@ def test_damage_is_reported_naming_the_file_and_repaired(pristine: dict[str, Pat
     report = rs.verify(path)
     named = [p for p in report.problems if p.key == key]
     assert named, f"{what}: verify reported {[str(p) for p in report.problems]}"
-    expect_read_errors(path, key, kind, named[0])
+    expect_read_errors(path, key, kind, how, named[0])
     expect_repaired(path, original, kind, report, salvage)
 
 
@@ -255,6 +268,33 @@ def test_bit_flip_in_the_manifest_is_detected(tmp_path: Path) -> None:
     with pytest.raises(rs.CorruptStoreError, match="crc32c"):  # not a phantom 41st row
         rs.open(path)
     assert [p.key for p in rs.verify(path).problems] == [MANIFEST]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a bit flip in the manifest's own 'crc32c' key "
+                   "(here 'crc32c' -> 'brc32c') makes load_manifest take it for a manifest "
+                   "written before checksums: it loads unchecked and verify reports nothing "
+                   "(harmless by itself, but the manifest is unprotected from then on)")
+def test_bit_flip_in_the_manifest_checksum_key_is_detected(pristine: dict[str, Path]) -> None:
+    path = fresh_copy(pristine, "unbounded")
+    raw = bytearray((path / MANIFEST).read_bytes())
+    raw[raw.index(b'"crc32c"') + 1] ^= 0x01  # 'c' -> 'b'
+    (path / MANIFEST).write_bytes(bytes(raw))
+    assert [p.key for p in rs.verify(path).problems] == [MANIFEST]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: priority.json carries no checksum: a bit flip that "
+                   "keeps it valid (alpha 0.6 -> 0.7, slots 65536 -> 64536, format_version "
+                   "1 -> 0) is not reported, and a changed alpha silently changes every "
+                   "priority (leaves hold p ** alpha); about 4% of its bit flips")
+@pytest.mark.parametrize("old, new", [(b'"alpha": 0.6', b'"alpha": 0.7'),
+                                      (b'"slots": 65536', b'"slots": 64536')])
+def test_bit_flip_in_the_priority_header_is_detected(pristine: dict[str, Path], old: bytes,
+                                                     new: bytes) -> None:
+    path = fresh_copy(pristine, "unbounded")
+    raw = (path / HEADER).read_bytes()
+    assert old in raw
+    (path / HEADER).write_bytes(raw.replace(old, new))  # a one-bit difference each
+    assert [p.key for p in rs.verify(path).problems] == [HEADER]
 
 
 @pytest.mark.parametrize("where", ["sum-leaf-low-bit", "min-tree-root", "min-tree-leaf"])
