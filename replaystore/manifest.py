@@ -96,8 +96,11 @@ class Manifest:
                 f"store format version {version} is newer than this replaystore understands "
                 f"({FORMAT_VERSION}); upgrade replaystore to read it")
         known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:  # a damaged key name would otherwise drop a field (or the checksum)
+            raise CorruptStoreError(f"manifest has unknown keys {unknown}", key=MANIFEST)
         try:
-            values = {k: v for k, v in doc.items() if k in known}
+            values = dict(doc)
             episode = values.get("open_episode")
             if episode is not None:
                 values["open_episode"] = (int(episode[0]), int(episode[1]), float(episode[2]))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import LocalBackend
+from .codecs import crc_bytes
 from .errors import CorruptStoreError, ReadOnlyError, SchemaError
 from .layout import META
 
@@ -103,7 +104,7 @@ class PriorityIndex:
         backend.allocate(TREE.format(leaves=leaves_for(slots)), 2 * 2 * leaves_for(slots) * 8)
         backend.write(UNDO, b"")
         header = PriorityHeader(slots=slots, alpha=float(alpha), clean=False)
-        backend.write(HEADER, json.dumps(header.to_json()).encode(), durable=True)
+        write_header(backend, header)
         return cls(backend, header, writable=True)
 
     @classmethod
@@ -133,7 +134,7 @@ class PriorityIndex:
 
     def _set_header(self, **changes: object) -> None:
         self.header = PriorityHeader(**{**self.header.to_json(), **changes})  # type: ignore[arg-type]
-        self.backend.write(HEADER, json.dumps(self.header.to_json()).encode(), durable=True)
+        write_header(self.backend, self.header)
 
     def _log_records(self) -> np.ndarray:
         if self._undo is not None:
@@ -335,15 +336,29 @@ def leaves_for(slots: int) -> int:
     return 1 << max(1, (slots - 1).bit_length())
 
 
+def write_header(backend: LocalBackend, header: PriorityHeader) -> None:
+    doc = header.to_json()
+    backend.write(HEADER, json.dumps({**doc, "crc32c": _checksum(doc)}).encode(), durable=True)
+
+
+def _checksum(doc: dict[str, object]) -> str:
+    # A flipped bit can leave valid JSON with another alpha, which changes every priority.
+    return crc_bytes(json.dumps(doc, sort_keys=True).encode()).hex()
+
+
 def read_header(backend: LocalBackend) -> PriorityHeader:
     try:
         doc = json.loads(backend.read(HEADER))
+        stored = doc.pop("crc32c", None)
         header = PriorityHeader(**doc)
     except FileNotFoundError:
         raise CorruptStoreError(f"priority index header {HEADER!r} is missing", key=HEADER) from None
     except (ValueError, TypeError) as exc:
         raise CorruptStoreError(f"priority index header {HEADER!r} is malformed: {exc}",
                                 key=HEADER) from None
+    if stored is not None and stored != _checksum(doc):  # headers before it have none
+        raise CorruptStoreError(f"priority index header {HEADER!r} fails its crc32c checksum",
+                                key=HEADER)
     if header.format_version > 1:
         raise CorruptStoreError(f"priority index format {header.format_version} is newer than "
                                 "this replaystore understands", key=HEADER)

@@ -138,7 +138,8 @@ def manifest_edit(**changes: Any) -> Callable[[Path], None]:
 
 
 def header_edit(**changes: Any) -> Callable[[Path], None]:
-    return _json_edit(HEADER, lambda doc: doc.update(changes))
+    """A crafted index header, without the checksum that would give a damaged one away."""
+    return _json_edit(HEADER, lambda doc: (doc.pop("crc32c", None), doc.update(changes)))
 
 
 def many_fields(meta: dict[str, Any]) -> None:
