@@ -97,7 +97,7 @@ REWRITE_FIELDS = {
     "image": {"shape": (32, 32), "dtype": "uint8", "chunk_rows": 512},
 }
 KINDS = ("writer", "priority", "record", "rewrite")
-WEIGHTS = {"writer": 0.45, "priority": 0.25, "record": 0.15, "rewrite": 0.15}
+WEIGHTS = {"writer": 0.4, "priority": 0.25, "record": 0.15, "rewrite": 0.2}  # of kills
 FAILURES = ROOT / "stress" / "out" / "failures"
 ALPHA = 0.6
 NEVER = {"commit_every_rows": 1 << 40, "commit_every_seconds": 1e9}
@@ -675,8 +675,13 @@ class RewriteLineage:
             op = ["compact", "--codec", "obs=raw"]
         new = prune_expectation(old, old_manifest, self.episodes, op)
         # The first rewrite of a lineage runs to completion: it calibrates the kill delays.
-        delay = 1e9 if self.total_s is None else rng.uniform(0.5 * self.began_s,
-                                                             0.85 * self.total_s)
+        # Most kills land in the copy; some near the end, around the swap.
+        if self.total_s is None:
+            delay = 1e9
+        elif rng.random() < 0.7:
+            delay = rng.uniform(0.5 * self.began_s, 0.85 * self.total_s)
+        else:
+            delay = rng.uniform(0.85 * self.total_s, 1.05 * self.total_s)
         run = run_child(cli_command(*op[:1], self.path, *op[1:]), self.log_dir,
                         delay_s=delay, store=self.path, wait_for="rewrite")
         if not run.killed and run.returncode == 0 and op[0] == "compact" and len(op) > 1:
@@ -811,7 +816,12 @@ class Stress:
                 kind = self.kinds[self.rotation % len(self.kinds)]
                 self.rotation += 1
             else:
-                kind = rng.choices(self.kinds, [WEIGHTS[k] for k in self.kinds])[0]
+                # The kind furthest behind its share of the kills so far (lineages of different
+                # kinds live through very different numbers of kills).
+                total = sum(WEIGHTS[k] for k in self.kinds)
+                done = self.totals.kills + 1
+                kind = max(self.kinds, key=lambda k: (WEIGHTS[k] / total * done
+                                                      - self.totals.by_kind[k], rng.random()))
         path = self.workdir / f"store{number:04d}"
         logs = self.workdir / f"store{number:04d}.logs"
         if kind == "writer":
