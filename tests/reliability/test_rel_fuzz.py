@@ -30,21 +30,13 @@ import replaystore as rs
 from replaystore_cli.main import main
 
 ALLOWED = (rs.ReplayStoreError, ValueError, TypeError, IndexError, KeyError)
-# Known undocumented exceptions, each reproduced by an xfail test at the end of this file; the
-# fuzz tests still check that they leave the store unchanged. Remove an entry with its xfail.
-KNOWN: dict[str, type[BaseException]] = {
-    "sampler_state": AttributeError,  # test_load_state_dict_refuses_a_non_mapping
-    "get_out_key": AttributeError,  # test_get_refuses_out_that_is_not_a_mapping
-    "committed_mask": OverflowError,  # test_indices_beyond_int64_are_refused
-    "rewrite": OverflowError,  # test_indices_beyond_int64_are_refused
-}
 
 
 def documented(op: str, exc: BaseException) -> bool:
-    """A documented error (or a known gap, see KNOWN)."""
-    if isinstance(exc, OverflowError | MemoryError):
-        return isinstance(exc, KNOWN.get(op, ()))
-    return isinstance(exc, (*ALLOWED, KNOWN.get(op, ())))
+    """A documented error for bad input (``op`` names the call, for the failure message)."""
+    return isinstance(exc, ALLOWED) and not isinstance(exc, OverflowError | MemoryError)
+
+
 COUNT = 300
 
 huge_ints = st.sampled_from([-(2**70), -(2**63), -(2**31), -1, 0, 2**31, 2**63 - 1, 2**64,
@@ -343,8 +335,7 @@ def test_cli_bad_input(pristine: dict[str, Path], tmp_path: Path, data: st.DataO
     code, err = run_cli(argv)
     assert "Traceback" not in err, (argv, err)
     if code != 0:  # exit 1 is for failures that are not the input's fault: none expected here
-        too_long = "File name too long" in err  # test_too_long_store_path_is_a_usage_error
-        assert code == 2 or (code == 1 and too_long), (argv, code, err)
+        assert code == 2, (argv, code, err)
         assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1, \
             (argv, err)
         assert not changed(before, snapshot(path)), (argv, changed(before, snapshot(path)))
@@ -352,7 +343,7 @@ def test_cli_bad_input(pristine: dict[str, Path], tmp_path: Path, data: st.DataO
     shutil.rmtree(path, ignore_errors=True)
 
 
-# -- known gaps: each test fails today and names the bug (strict: a fix makes it XPASS) ---------
+# -- regressions: each reproduces a bug this suite found (fixed since) ----------------------------
 
 
 def test_load_state_dict_refuses_a_non_mapping(pristine: dict[str, Path]) -> None:
