@@ -283,6 +283,24 @@ def test_bit_flip_in_the_priority_header_is_detected(pristine: dict[str, Path], 
     assert [p.key for p in rs.verify(path).problems] == [HEADER]
 
 
+@pytest.mark.xfail(strict=True, reason="bug (minor): verify compares tree nodes as floats, and "
+                   "a sign-bit flip of an empty node (0.0 -> -0.0) compares equal: the flipped "
+                   "bit is not reported (harmless numerically; ~1.5% of random flips in the "
+                   "tree's used region)")
+@pytest.mark.parametrize("where", ["sum-leaf", "sum-inner", "min-leaf"])
+def test_sign_flip_of_an_empty_tree_node_is_detected(pristine: dict[str, Path],
+                                                     where: str) -> None:
+    path = fresh_copy(pristine, "unbounded")  # slots 8200.. are empty
+    tree = next(k for k in store_files(path)["tree"])
+    data = bytearray((path / tree).read_bytes())
+    leaves = len(data) // 32
+    node = {"sum-leaf": leaves + 9000, "sum-inner": (leaves + 16384) // 2,
+            "min-leaf": 3 * leaves + 9000}[where]
+    data[node * 8 + 7] ^= 0x80  # the sign bit
+    (path / tree).write_bytes(bytes(data))
+    assert [p.key for p in rs.verify(path).problems] == [tree]
+
+
 @pytest.mark.parametrize("where", ["sum-leaf-low-bit", "min-tree-root", "min-tree-leaf"])
 def test_bit_flip_in_the_priority_tree_is_detected(pristine: dict[str, Path],
                                                    where: str) -> None:
