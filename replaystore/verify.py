@@ -253,8 +253,8 @@ def _check_index(store: Store, report: VerifyReport) -> None:
     if not np.isfinite(leaves).all() or (leaves < 0).any():
         report.problems.append(Problem(index.key, "holds negative or non-finite priorities"))
         return
-    if (leaves[~valid] != 0).any():
-        slot = int(np.flatnonzero((leaves != 0) & ~valid)[0])
+    if (leaves[~valid].view(np.int64) != 0).any():  # bits: -0.0 is damage too
+        slot = int(np.flatnonzero((leaves.view(np.int64) != 0) & ~valid)[0])
         report.problems.append(Problem(index.key, f"slot {slot} holds no committed row but has "
                                        "a non-zero priority"))
         return
@@ -267,23 +267,29 @@ def _check_tree(index: PriorityIndex, report: VerifyReport) -> None:
     leaves = index.sum[index.leaves:]
     with np.errstate(divide="ignore"):
         inverse = np.where(leaves > 0, 1.0 / leaves, 0.0)
-    if not np.array_equal(index.inv[index.leaves:], inverse):
+    if not _same_bits(index.inv[index.leaves:], inverse):
         report.problems.append(Problem(index.key, "min-tree leaves do not match the priorities"))
         return
     level, total, inv = index.leaves, index.sum, index.inv
     while level > 1:
         half = level // 2
-        if not np.array_equal(total[half:level],
-                              total[level:2 * level:2] + total[level + 1:2 * level:2]):
+        if not _same_bits(total[half:level],
+                          total[level:2 * level:2] + total[level + 1:2 * level:2]):
             report.problems.append(Problem(index.key, "inner nodes of the sum tree do not add "
                                            "up to their children"))
             return
-        if not np.array_equal(inv[half:level], np.maximum(inv[level:2 * level:2],
-                                                          inv[level + 1:2 * level:2])):
+        if not _same_bits(inv[half:level], np.maximum(inv[level:2 * level:2],
+                                                      inv[level + 1:2 * level:2])):
             report.problems.append(Problem(index.key, "inner nodes of the min tree do not "
                                            "match their children"))
             return
         level = half
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bit for bit: as floats, -0.0 == 0.0 would hide a flipped sign bit."""
+    return np.array_equal(np.ascontiguousarray(a).view(np.int64),
+                          np.ascontiguousarray(b).view(np.int64))
 
 
 def _check_leftovers(backend: LocalBackend, report: VerifyReport) -> None:

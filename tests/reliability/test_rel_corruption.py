@@ -288,10 +288,6 @@ def test_bit_flip_in_the_priority_header_is_detected(pristine: dict[str, Path], 
     assert [p.key for p in rs.verify(path).problems] == [HEADER]
 
 
-@pytest.mark.xfail(strict=True, reason="bug (minor): verify compares tree nodes as floats, and "
-                   "a sign-bit flip of an empty node (0.0 -> -0.0) compares equal: the flipped "
-                   "bit is not reported (harmless numerically; ~1.5% of random flips in the "
-                   "tree's used region)")
 @pytest.mark.parametrize("where", ["sum-leaf", "sum-inner", "min-leaf"])
 def test_sign_flip_of_an_empty_tree_node_is_detected(pristine: dict[str, Path],
                                                      where: str) -> None:
