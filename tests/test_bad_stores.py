@@ -120,7 +120,7 @@ def test_symlinked_chunk_is_not_followed(committed, tmp_path):
     chunk = committed / "obs" / "c.1.0"
     chunk.unlink()
     os.symlink(secret, chunk)
-    with pytest.raises(rs.CorruptStoreError, match="'obs/c.1.0': it is a symbolic link"):
+    with pytest.raises(rs.CorruptStoreError, match=r"'obs/c\.1\.0': it is a symbolic link"):
         rs.open(committed).get([20])
 
 
