@@ -186,12 +186,23 @@ class LocalBackend:
         return removed
 
     def allocate(self, key: str, nbytes: int) -> None:
-        """Create ``key`` as ``nbytes`` zero bytes without writing them (a sparse file)."""
+        """Create ``key`` as ``nbytes`` zero bytes, its disk space reserved but not written.
+
+        The space is reserved (``posix_fallocate``) because the file is then written through a
+        memory mapping: on a full disk, a store to an unreserved page cannot raise an error and
+        kills the process with SIGBUS instead. Reserving raises ENOSPC here, naming the file.
+        Nothing is read into memory until touched.
+        """
         path = self._path(key)
         self._make_parent(path)
-        with open(path, "wb") as f:
-            f.truncate(nbytes)
-            os.fsync(f.fileno())
+        try:
+            with open(path, "wb") as f:
+                f.truncate(nbytes)
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+                os.fsync(f.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise _naming(exc, path) from None
         self._fsync_dir(path.parent)
 
     def memmap(self, key: str, dtype: str, shape: tuple[int, ...], *,

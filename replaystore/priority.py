@@ -3,8 +3,9 @@
 Leaves hold ``priority ** alpha`` per slot (0 for slots outside the committed window, so they
 are never sampled). Inner node ``n`` of the sum tree holds ``sum[2n] + sum[2n + 1]``; the
 "min" tree stores reciprocals (``1 / leaf``, 0 for empty slots) under a max, so that empty
-slots are zero bytes and a fresh 16M-slot file is sparse: it costs no memory or disk until
-touched, and opening it is a single ``mmap``.
+slots are zero bytes: a fresh 16M-slot file has its disk space reserved (a full disk must fail
+when the file is made, not with a SIGBUS on a page write) but costs no memory until touched,
+and opening it is a single ``mmap``.
 
 Updates are batched: leaves are written, then each level's parents are recomputed *from their
 children* with numpy, all at once. Inner nodes are therefore always exactly the (rounded) sums
