@@ -4,7 +4,7 @@ Keys are ``/``-separated relative names (``obs/c/3/0``, ``_replaystore/manifest.
 verbs are few on purpose, so that an object-storage backend can implement the same set later:
 ``read``, ``write`` (atomic replace), ``sync`` (make earlier writes durable), ``exists``,
 ``size``, ``delete``, ``list``, and ``lock`` for the single-writer lock. The priority index
-needs three more that only local storage offers: ``allocate`` (a sparse file), ``memmap`` and
+needs three more that only local storage offers: ``allocate`` (space reserved), ``memmap`` and
 ``open_log`` (an append-only undo log); an object-storage backend keeps that index on local
 disk.
 

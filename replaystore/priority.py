@@ -158,7 +158,7 @@ class PriorityIndex:
 
         Every leaf changed since the checkpoint is in the log, so after a process stops the
         nodes it may have left half-updated all lie above logged leaves: recomputing those
-        paths repairs the index and keeps a large, sparse file sparse.
+        paths repairs the index without reading the whole file.
         """
         leaves = self.sum[self.leaves:]
         records = self._log_records()
@@ -170,7 +170,7 @@ class PriorityIndex:
         valid = np.zeros(self.leaves, bool)
         rows = np.arange(start, end)
         valid[rows if capacity is None else rows % capacity] = True
-        # Reading zero pages of the sparse file allocates nothing; only real changes write.
+        # Scanning the leaves reads them; only real changes write (and dirty pages).
         stray = np.flatnonzero((leaves != 0) & (~valid | ~np.isfinite(leaves) | (leaves < 0)))
         leaves[stray] = 0.0
         changed = np.unique(np.concatenate((records["slot"], stray)))
@@ -312,7 +312,7 @@ class PriorityIndex:
                                writable=True)
         bigger.max_priority = self.max_priority
         # The old tree becomes the leftmost subtree of the new one: copy it level by level
-        # (writing only its pages, so the new file stays sparse), then the path to the root.
+        # (writing only its pages), then the path to the root.
         shift = (leaves // self.leaves).bit_length() - 1
         level = 1
         while level <= self.leaves:
