@@ -193,3 +193,17 @@ def copy_store(src: Path, dst: Path) -> Path:
     """A copy of a store folder (symbolic links kept as links)."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def recorder(out: dict[str, Any]) -> Callable[[str, Callable[[], Any]], None]:
+    """For child scripts: ``attempt(name, fn)`` stores fn's result, or the exception it raised
+    (class names and message) or the exit code it asked for, under ``out[name]``."""
+    def attempt(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            out[name] = fn() or "ok"
+        except SystemExit as exc:
+            out[name] = {"exit": exc.code}
+        except Exception as exc:
+            out[name] = {"mro": [c.__name__ for c in type(exc).__mro__],
+                         "message": str(exc)[:300]}
+    return attempt

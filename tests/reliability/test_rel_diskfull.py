@@ -147,18 +147,12 @@ READ_ONLY_WRITER = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import replaystore as rs
-from rel_common import rows
+from rel_common import recorder, rows
 
 path = sys.argv[2]
 out = {}
 
-def attempt(name, fn):
-    try:
-        out[name] = fn() or "ok"
-    except SystemExit as exc:
-        out[name] = {"exit": exc.code}
-    except Exception as exc:
-        out[name] = {"mro": [c.__name__ for c in type(exc).__mro__], "message": str(exc)[:300]}
+attempt = recorder(out)
 
 # A writer commits, then its folders turn read-only (as after a remount) and it goes on.
 store = rs.open(path, "a")
@@ -178,18 +172,13 @@ READ_ONLY_USERS = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import replaystore as rs
+from rel_common import recorder
 from replaystore_cli.main import main
 
 path = sys.argv[2]
 out = {}
 
-def attempt(name, fn):
-    try:
-        out[name] = fn() or "ok"
-    except SystemExit as exc:
-        out[name] = {"exit": exc.code}
-    except Exception as exc:
-        out[name] = {"mro": [c.__name__ for c in type(exc).__mro__], "message": str(exc)[:300]}
+attempt = recorder(out)
 
 def read():
     with rs.open(path) as store:
