@@ -1,6 +1,6 @@
 """Build torchrl's C++ extension (segment trees) against the installed torch, for bench/peers.py.
 
-    /work/peers-venv/bin/python bench/build_torchrl_ext.py      # once; 1-5 minutes on 2 cores
+    ../peers-venv/bin/python bench/build_torchrl_ext.py      # once; 1-5 minutes on 2 cores
 
 torchrl 0.14.1's wheel ships an ``_torchrl`` extension compiled against another torch; with
 torch 2.13 it fails to load ("SumSegmentTreeFp32 is not available"), which disables its

@@ -1,10 +1,10 @@
 """Side-by-side benchmark: replaystore against TorchRL, cpprb, Stable-Baselines3 and np.memmap.
 
-    python3 -m venv /work/peers-venv                     # a venv of its own, see RESULTS.md
-    /work/peers-venv/bin/pip install -c constraints.txt -r bench/requirements-peers.txt .
-    /work/peers-venv/bin/python bench/build_torchrl_ext.py   # once: torchrl's C++ trees
-    /work/peers-venv/bin/python bench/peers.py           # 1M-row vector, 50k-row image, ~11 min
-    /work/peers-venv/bin/python bench/peers.py --quick   # small sizes, a smoke run
+    python3 -m venv ../peers-venv                        # a venv of its own, see RESULTS.md
+    ../peers-venv/bin/pip install -c constraints.txt -r bench/requirements-peers.txt .
+    ../peers-venv/bin/python bench/build_torchrl_ext.py   # once: torchrl's C++ trees
+    ../peers-venv/bin/python bench/peers.py           # 1M-row vector, 50k-row image, ~11 min
+    ../peers-venv/bin/python bench/peers.py --quick   # small sizes, a smoke run
 
 Each (adapter, workload) pair runs in its own subprocess, with one torch thread and
 OMP/MKL/OpenBLAS threads at 1, and reports its own peak RSS (VmHWM). Prints a table of every
