@@ -112,26 +112,28 @@ def verify(path: str | os.PathLike[str], *,
 def chunk_count(path: str | os.PathLike[str]) -> int:
     """How many chunks :func:`verify` reads (for a progress bar)."""
     with open(path) as store:
-        return sum(len(_chunks(store, f)) for f in store.schema)
+        return sum(len(_chunk_rows(store, f)) for f in store.schema)
 
 
-def _chunks(store: Store, field: Field) -> np.ndarray:
+def _chunk_rows(store: Store, field: Field) -> list[tuple[int, np.ndarray]]:
+    """(chunk, its committed global rows in append order) for each chunk holding some."""
     m = store.manifest
-    slots = store.slots()
-    return np.unique(slots // field.chunk_rows) if m.rows else np.zeros(0, np.int64)
+    rows = np.arange(m.start, m.end, dtype=np.int64)
+    if not len(rows):
+        return []
+    chunks, inverse = np.unique(m.slot_of(rows) // field.chunk_rows, return_inverse=True)
+    groups = np.split(rows[np.argsort(inverse, kind="stable")],
+                      np.cumsum(np.bincount(inverse, minlength=len(chunks)))[:-1])
+    return list(zip(chunks.tolist(), groups, strict=True))
 
 
 def _check_chunks(store: Store, progress: Callable[[int], None] | None,
                   report: VerifyReport) -> Iterator[Problem]:
     reader = store._reader
     m = store.manifest
-    rows = np.arange(m.start, m.end, dtype=np.int64)
-    slots = m.slot_of(rows)
     targets = {f.next_of for f in store.schema if f.next_of is not None}
     for f in store.schema:
-        chunk_of = slots // f.chunk_rows
-        for chunk in _chunks(store, f):
-            mine = rows[chunk_of == chunk]
+        for chunk, mine in _chunk_rows(store, f):
             report.chunks += 1
             try:
                 # A next_of field's own rows; the rows derived from its target are checked
@@ -139,7 +141,7 @@ def _check_chunks(store: Store, progress: Callable[[int], None] | None,
                 missing = np.zeros(len(mine), bool) if f.next_of is not None else None
                 reader.gather(f.name, m.slot_of(mine), missing)
                 if missing is not None and missing.any():
-                    _check_next_of_rows(store, chunk_key(f, int(chunk)), mine[missing])
+                    _check_next_of_rows(store, chunk_key(f, chunk), mine[missing])
             except CorruptStoreError as exc:
                 runs = _runs(mine)
                 if f.name in targets:  # the row before each run reads its next value here
