@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from conftest import rows_for
@@ -279,3 +281,30 @@ def test_repair_rebuilds_a_corrupt_index(frames_store):
     assert result.index_reset and rs.verify(frames_store).ok
     with rs.open(frames_store) as store:
         assert len(store) == 400 and store.priority_index().total > 0
+
+
+def test_without_an_atomic_exchange_the_two_rename_swap_is_finished_by_open(make_store,
+                                                                           monkeypatch):
+    import replaystore.backend as backend_module
+
+    store = make_store()
+    fill(store, 140)
+    store.close()
+    monkeypatch.setattr(backend_module, "_exchange", lambda a, b: False)
+    rs.prune(store.path, keep_last=30, by="rows")  # file systems without RENAME_EXCHANGE
+    assert len(rs.open(store.path)) == 30
+    siblings = sorted(p.name for p in store.path.parent.iterdir())
+    assert siblings == [store.path.name]  # intent and old folder cleaned up
+
+    # A crash between the two renames: the store folder is gone, the intent says where the
+    # new one is; the next open (any process) finishes the swap.
+    expected = snapshot(store.path)
+    staged = store.path.parent / f".{store.path.name}.rewrite"
+    old = store.path.parent / f".{store.path.name}.old"
+    shutil.copytree(store.path, staged)
+    store.path.rename(old)
+    (store.path.parent / f".{store.path.name}.replace").write_bytes(b"")
+    after = snapshot(store.path)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(after[name], values)
+    assert sorted(p.name for p in store.path.parent.iterdir()) == [store.path.name]
