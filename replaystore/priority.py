@@ -37,6 +37,8 @@ from .layout import META
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
 HEADER = f"{META}/priority.json"
 UNDO = f"{META}/priority.undo"
+# find() starts with a binary search over the first tree level with at most this many nodes.
+TOP_NODES = 4096
 _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
 
 
@@ -247,17 +249,26 @@ class PriorityIndex:
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """For each prefix-sum target in ``[0, total)``, the slot whose leaf range holds it."""
-        node = np.ones(len(targets), np.int64)
-        u = np.array(targets, dtype=np.float64)
-        total_sum = self.sum
-        while node[0] < self.leaves:
-            left = 2 * node
-            left_sum = total_sum[left]
+        # The top of the tree in one step: a binary search in the prefix sums of the first
+        # level of at most TOP_NODES nodes replaces a dozen numpy calls per tree level.
+        first = min(self.leaves, TOP_NODES)
+        level = self.sum[first:2 * first]
+        prefix = np.cumsum(level)
+        u = np.minimum(np.asarray(targets, dtype=np.float64), np.nextafter(prefix[-1], 0))
+        k = np.searchsorted(prefix, u, side="right")
+        u -= prefix[k] - level[k]
+        node = k + first
+        # Then down, one level a step; a node's two children are one row of this view.
+        pairs = self.sum.reshape(-1, 2)
+        while len(node) and node[0] < self.leaves:
+            children = pairs.take(node, axis=0)
+            left = children[:, 0]
             # Go right when the target lies past the left subtree and the right one has mass
             # (a concurrent writer or rounding may leave the right subtree empty).
-            right = (u >= left_sum) & (total_sum[left + 1] > 0)
-            u -= left_sum * right
-            node = left + right
+            right = (u >= left) & (children[:, 1] > 0)
+            u -= left * right
+            node <<= 1
+            node += right
         return node - self.leaves
 
     # -- writing --------------------------------------------------------------------------
@@ -285,15 +296,23 @@ class PriorityIndex:
     def _propagate(self, nodes: np.ndarray) -> None:
         # All nodes are at the same depth, so one pass per level reaches the root. Duplicate
         # parents are left in: they get the same value twice, which is cheaper than np.unique.
+        # A node's children are one row of the (n, 2) views, so each level is one gather.
         s, m = self.sum, self.inv
+        s_pairs, m_pairs = s.reshape(-1, 2), m.reshape(-1, 2)
         nodes = nodes >> 1
-        while True:
-            left = nodes << 1
-            s[nodes] = s[left] + s[left + 1]
-            m[nodes] = np.maximum(m[left], m[left + 1])
-            if nodes[0] == 1:
-                break
+        while nodes[0] > len(nodes):
+            children = s_pairs.take(nodes, axis=0)
+            s[nodes] = children[:, 0] + children[:, 1]
+            children = m_pairs.take(nodes, axis=0)
+            m[nodes] = np.maximum(children[:, 0], children[:, 1])
             nodes >>= 1
+        # Levels no wider than the batch: recomputing them whole costs less than gathering.
+        low = 1 << (int(nodes[0]).bit_length() - 1)
+        while low:
+            high = 2 * low
+            np.add(s[high:2 * high:2], s[high + 1:2 * high:2], out=s[low:high])
+            np.maximum(m[high:2 * high:2], m[high + 1:2 * high:2], out=m[low:high])
+            low >>= 1
 
     def grown(self, slots: int) -> PriorityIndex:
         """A larger index with the same leaves and undo log; this one is closed and deleted.
