@@ -38,7 +38,7 @@ TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is 
 HEADER = f"{META}/priority.json"
 UNDO = f"{META}/priority.undo"
 # find() starts with a binary search over the first tree level with at most this many nodes.
-TOP_NODES = 4096
+TOP_NODES = 1024
 _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
 
 
@@ -253,9 +253,9 @@ class PriorityIndex:
         # level of at most TOP_NODES nodes replaces a dozen numpy calls per tree level.
         first = min(self.leaves, TOP_NODES)
         level = self.sum[first:2 * first]
-        prefix = np.cumsum(level)
+        prefix = level.cumsum()
         u = np.minimum(np.asarray(targets, dtype=np.float64), np.nextafter(prefix[-1], 0))
-        k = np.searchsorted(prefix, u, side="right")
+        k = prefix.searchsorted(u, side="right")
         u -= prefix[k] - level[k]
         node = k + first
         # Then down, one level a step; a node's two children are one row of this view.
@@ -289,8 +289,7 @@ class PriorityIndex:
         self._undo.flush()
         # Fancy assignment keeps the last of duplicate slots, as documented.
         self.sum[nodes] = values
-        with np.errstate(divide="ignore"):
-            self.inv[nodes] = np.where(values > 0, 1.0 / values, 0.0)
+        self.inv[nodes] = np.divide(1.0, values, out=np.zeros_like(values), where=values > 0)
         self._propagate(nodes)
 
     def _propagate(self, nodes: np.ndarray) -> None:

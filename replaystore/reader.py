@@ -53,8 +53,10 @@ class Reader:
     def committed_mask(self, slots: np.ndarray) -> np.ndarray:
         """True where a slot holds a committed row of this snapshot."""
         m = self.manifest
-        if m.capacity is None:
+        if m.capacity is None or m.end <= m.capacity:  # slots are rows: no wrap (yet)
             return (slots >= m.start) & (slots < m.end)
+        if m.rows == m.capacity:  # a full ring: every slot (the modulo costs more)
+            return (slots >= 0) & (slots < m.capacity)
         return (slots >= 0) & (slots < m.capacity) & ((slots - m.start) % m.capacity < m.rows)
 
     def check_slots(self, slots: np.ndarray) -> None:

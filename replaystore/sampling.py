@@ -158,7 +158,7 @@ class PrioritizedSampler(Sampler):
         if not total > 0:
             raise IndexError("every committed row has priority 0; nothing can be sampled")
         bounds = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-        slots = index.find(np.minimum(bounds, np.nextafter(total, 0)))
+        slots = index.find(bounds)  # find clips targets below the total
         leaf = index.leaf(slots)
         for _ in range(8):  # a concurrent update may leave a stale path to an empty leaf
             empty = leaf <= 0
@@ -184,7 +184,9 @@ class PrioritizedSampler(Sampler):
         if len(values) != len(slots):
             raise ValueError(f"got {len(slots)} indices but {len(values)} priorities")
         live = self.store.committed_mask(slots)
-        slots, values = slots[live], values[live] + self.eps
+        if not live.all():
+            slots, values = slots[live], values[live]
+        values = values + self.eps
         if len(slots):
             index = self.index
             index.set(slots, values ** index.header.alpha)
