@@ -132,6 +132,23 @@ def test_duplicate_slots_in_one_update_last_wins(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("batch", [1, 7, 300, 3000, 20_000])
+def test_large_trees_stay_consistent_for_any_batch_size(tmp_path, batch):
+    """Updates walk wide levels one gather at a time and recompute narrow ones whole; both
+    must leave every inner node bit-identical to its children, wherever the switch falls."""
+    rng = np.random.default_rng(batch)
+    index = rs.PriorityIndex.create(LocalBackend(tmp_path), 5000, 1.0)
+    model = np.zeros(5000)
+    for _ in range(4):
+        where = rng.integers(0, 5000, batch)
+        values = np.where(rng.random(batch) < 0.2, 0.0, rng.lognormal(0, 2, batch))
+        index.set(where, values)
+        model[where] = values  # numpy's fancy assignment: last duplicate wins, as in set
+        assert_tree_consistent(index)
+        assert np.array_equal(leaves_of(index)[:5000], model)
+    index.close()
+
+
 # -- find: prefix sums to leaves -------------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -158,12 +175,32 @@ def test_find_matches_brute_force_on_exact_sums(weights, shift):
         index.close()
 
 
-def test_find_with_arbitrary_floats_lands_in_the_right_range(tmp_path):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.integers(0, 4999), st.integers(1, 64), min_size=1, max_size=60))
+def test_find_below_the_top_search_matches_brute_force(weights):
+    """5,000 slots: find's first search covers 1,024 nodes of 8 slots, then walks 3 levels."""
+    leaf = np.zeros(5000)
+    leaf[list(weights)] = list(weights.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        index = rs.PriorityIndex.create(LocalBackend(tmp), 5000, 1.0)
+        index.set(np.arange(5000), leaf)
+        cumulative = np.cumsum(leaf)
+        total = cumulative[-1]
+        inner = cumulative[(cumulative < total) & (leaf > 0)]
+        targets = np.concatenate(([0.0, np.nextafter(total, 0)], inner, inner - 0.5))
+        found = index.find(targets)
+        assert np.array_equal(found, np.searchsorted(cumulative, targets, side="right"))
+        assert (leaf[found] > 0).all()
+        index.close()
+
+
+@pytest.mark.parametrize("slots", [1000, 20_000])  # the top search alone; then 5 levels down
+def test_find_with_arbitrary_floats_lands_in_the_right_range(tmp_path, slots):
     rng = np.random.default_rng(7)
-    leaf = rng.lognormal(0, 3, 1000)
-    leaf[rng.random(1000) < 0.3] = 0.0  # holes: never returned
-    index = rs.PriorityIndex.create(LocalBackend(tmp_path), 1000, 1.0)
-    index.set(np.arange(1000), leaf)
+    leaf = rng.lognormal(0, 3, slots)
+    leaf[rng.random(slots) < 0.3] = 0.0  # holes: never returned
+    index = rs.PriorityIndex.create(LocalBackend(tmp_path), slots, 1.0)
+    index.set(np.arange(slots), leaf)
     cumulative = np.cumsum(leaf)
     total = math.fsum(leaf)
     targets = rng.random(200_000) * index.total
