@@ -135,6 +135,41 @@ def test_shared_slots_are_lent_until_the_batch_is_garbage():
         ring.take(second, pin=False)  # already taken (and freed): refused, not read twice
 
 
+def test_runs_follow_prefetch_factor_and_batch_bytes():
+    from replaystore.torch.loader import _runs
+
+    mib = 1 << 20
+    assert _runs(mib, None) == (8, 2)  # small batches: two runs of 8 per worker
+    assert _runs(10 * mib, None) == (3, 2)  # up to 32 MiB a run
+    assert _runs(40 * mib, None) == (1, 2)  # DataLoader's default: 2 batches
+    # prefetch_factor counts batches: never more drawn ahead than it says.
+    assert _runs(mib, 1) == (1, 1)
+    assert _runs(mib, 5) == (5, 1)
+    assert _runs(mib, 20) == (8, 2)
+    assert _runs(10 * mib, 7) == (3, 2)
+
+
+class FailsAtBatch5(ReplayDataset):
+    def _draw(self, rng, store, local, *, step, out=None):
+        if step == 5:
+            raise ValueError("batch 5 cannot be read")
+        return super()._draw(rng, store, local, step=step, out=out)
+
+
+def test_an_error_in_a_run_arrives_at_the_start_of_the_run(tmp_path):
+    store = make_store(tmp_path / "s", 100)
+    # prefetch_factor=2: runs of 2 batches, worker 0 draws 0-1 and 4-5, worker 1 2-3 and 6-7.
+    loader = ReplayLoader(FailsAtBatch5(store.path, 8, seed=2, batches_per_epoch=12),
+                          num_workers=2, multiprocessing_context="fork", prefetch_factor=2)
+    got = []
+    with pytest.raises(ValueError, match="batch 5 cannot be read"):
+        for batch in loader:
+            got.append(batch)
+    expected = list(itertools.islice(ReplayLoader(ReplayDataset(store.path, 8, seed=2)), 4))
+    same_batches(got, expected)
+    assert loader.state_dict()["batch"] == 4  # batch 4 was not delivered: resume there
+
+
 def test_pin_memory_without_an_accelerator_warns_and_still_loads(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("an accelerator is present")
@@ -378,6 +413,8 @@ def test_clear_errors(tmp_path):
         ReplayDataset(store.path, 8, sampler="sequence")
     with pytest.raises(ValueError, match="batch_size"):
         ReplayDataset(store.path, 0)
+    with pytest.raises(ValueError, match="prefetch_factor must be a positive integer"):
+        ReplayLoader(ReplayDataset(store.path, 8), num_workers=2, prefetch_factor=0)
     clash = rs.create(tmp_path / "clash", {"obs": ((2,), "float32"), "weights": ((), "float32")})
     clash.commit()
     with pytest.raises(ValueError, match="collide"):
@@ -396,6 +433,12 @@ def test_world():
     assert (w.stream, w.streams) == (4, 6)
     assert list(itertools.islice(w.my_batches(5, None), 3)) == [6, 9, 12]
     assert list(w.my_batches(5, 12)) == [6, 9]
+    # Runs of 2: worker 1 of 3 takes the second run of every three.
+    assert list(itertools.islice(w.my_runs(5, None, 2), 2)) == [range(7, 9), range(13, 15)]
+    assert list(w.my_runs(5, 14, 2)) == [range(7, 9), range(13, 14)]
+    assert list(w.my_runs(5, 12, 1)) == [range(6, 7), range(9, 10)]
+    with pytest.raises(ValueError, match="size must be"):
+        w.my_runs(0, None, 0)
     assert w.rank_rng(1, 2).random() == World(1, 2, 0, 3).rank_rng(1, 2).random()
     assert w.worker_rng(1).random() != World(1, 2, 0, 3).worker_rng(1).random()
     with pytest.raises(ValueError, match="rank must be"):

@@ -29,12 +29,14 @@ the store's contents, never on the number of workers or on which worker computed
 sampler's generator is re-seeded from those numbers for every batch. Worker ``w`` of ``K``
 computes batches ``first + w, first + w + K, ...``, which is exactly the round-robin order in
 which ``DataLoader`` hands worker results out, so batches arrive in order ``0, 1, 2, ...`` and
-resuming at batch ``b`` reproduces the rest of the epoch exactly.
+resuming at batch ``b`` reproduces the rest of the epoch exactly. :class:`ReplayLoader`'s
+workers deal runs of consecutive batches the same way (worker ``w`` takes runs ``w, w + K,
+...``), each run one ``DataLoader`` item.
 
 Copies and pinned memory. ``store.get`` returns fresh numpy arrays and ``torch.from_numpy``
 wraps them without a copy. Handing a batch from a worker to the main process costs copies:
 
-* :class:`ReplayLoader` with workers (``shared_slots=True``, the default): the worker copies
+* :class:`ReplayLoader` with workers (``shared_slots=True``, the default): the worker reads
   the whole batch into a reusable shared-memory slot and the dict's tensors are views of that
   slot, which goes back to the worker once they are all garbage. With ``pin_memory=True`` the
   main process copies the slot into page-locked memory instead (one copy, no more).

@@ -16,7 +16,7 @@ from ..errors import StaleReadError
 from ..sampling import Linear, PrioritizedSampler, Sampler, SequenceSampler, UniformSampler
 from ..store import DEFAULT_CACHE_BYTES, Store
 from ..store import open as open_store
-from .slots import Batch, _arrays, _Destination, _SlotRing, _tensors
+from .slots import Batch, _arrays, _Destination, _SlotRef, _SlotRing, _tensors
 from .world import _PERMUTE, World, _rng
 
 # Arrays to read a batch of slots of the given shape into (Store.get's out), or None.
@@ -163,7 +163,10 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
         self.first_batch = 0
         self.window: tuple[int, int] | None = None
         self._local: dict[str, Any] = {}
-        self._ring: _SlotRing | None = None  # set on ReplayLoader's copy for its workers
+        # Set on ReplayLoader's copy for its workers: the shared slots, and how many batches
+        # one DataLoader item carries through them.
+        self._ring: _SlotRing | None = None
+        self._run = 1
         # Open the store once here, so that a wrong path, an unknown field or a missing
         # priority index fails now, in the caller's process, not inside a worker.
         with open_store(self.path, cache_bytes=0) as store:
@@ -291,17 +294,28 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
             dest = _Destination(self._ring, world.worker, [
                 (n, store.schema[n].dtype, store.schema[n].read_shape) for n in names])
         out = dest.out if dest is not None else None
-        for count, batch in enumerate(world.my_batches(self.first_batch, stop)):
-            if self.refresh_every and count and count % self.refresh_every == 0:
-                store.refresh()
-            if self.sampler == "epoch":
-                arrays = self._epoch_batch(store, plan, plan.positions(perm, world.rank, batch),
-                                           out)
-            else:
-                arrays = self._draw(world.rank_rng(self.seed, epoch, batch), store, local,
-                                    step=epoch * (stop or 0) + batch, out=out)
-            ref = dest.send(batch, arrays) if dest is not None else None
-            yield ref if ref is not None else _tensors(arrays)
+        # Through the slots, a DataLoader item is a list of `_run` consecutive batches: what
+        # DataLoader spends per item (queues, feeder threads, waking processes) is paid once
+        # for them all. Otherwise an item is one batch, as a bare DataLoader expects.
+        run_size = self._run if dest is not None else 1
+        count = 0
+        for run in world.my_runs(self.first_batch, stop, run_size):
+            # An error drops the whole run: a partial run would put the next worker's run
+            # where the rest of this one belongs, out of order.
+            item: list[_SlotRef | Batch] = []
+            for batch in run:
+                if self.refresh_every and count and count % self.refresh_every == 0:
+                    store.refresh()
+                count += 1
+                if self.sampler == "epoch":
+                    arrays = self._epoch_batch(store, plan,
+                                               plan.positions(perm, world.rank, batch), out)
+                else:
+                    arrays = self._draw(world.rank_rng(self.seed, epoch, batch), store, local,
+                                        step=epoch * (stop or 0) + batch, out=out)
+                ref = dest.send(batch, arrays) if dest is not None else None
+                item.append(ref if ref is not None else _tensors(arrays))
+            yield item if dest is not None else item[0]
 
     def _permutation(self, epoch: int, plan: _EpochPlan) -> np.ndarray:
         # Cached per (epoch, window): the same for every rank and worker, computed in each

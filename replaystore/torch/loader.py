@@ -30,11 +30,15 @@ class ReplayLoader:
     ----------
     dataset
         The dataset; the loader sets its position before each iteration.
-    num_workers, multiprocessing_context, prefetch_factor, timeout, worker_init_fn
-        Passed to ``DataLoader`` (``batch_size=None``); ``multiprocessing_context`` and
-        ``prefetch_factor`` are ignored when ``num_workers=0``. Workers are started for every
-        iteration (``persistent_workers`` would keep datasets that cannot learn the next
-        epoch's position).
+    num_workers, multiprocessing_context, timeout, worker_init_fn
+        Passed to ``DataLoader`` (``batch_size=None``); ``multiprocessing_context`` is
+        ignored when ``num_workers=0``. Workers are started for every iteration
+        (``persistent_workers`` would keep datasets that cannot learn the next epoch's
+        position). With shared slots, ``timeout`` bounds the wait for a whole run of batches.
+    prefetch_factor
+        Batches each worker may draw ahead of the caller (ignored when ``num_workers=0``);
+        batches already drawn do not see later priority updates. None: DataLoader's default
+        (2), or with shared slots two runs of up to 8 batches (up to 32 MiB a run).
     pin_memory
         Deliver batches in page-locked memory, for fast ``.to("cuda", non_blocking=True)``;
         pinning happens in the main process (ignored, with a warning, without an
@@ -43,8 +47,11 @@ class ReplayLoader:
         With workers, hand batches over through reusable shared-memory slots: a worker copies
         its batch into a free slot and the batch's tensors are views of that slot, which is
         freed for reuse once they are all garbage (keeping many batches alive makes workers
-        fall back to tensors). False uses ``DataLoader``'s own transport (a new shared-memory
-        segment per tensor per batch), which costs more than decoding a batch of frames.
+        fall back to tensors). Workers send runs of consecutive batches as one ``DataLoader``
+        item, which makes DataLoader's cost per item (queues, waking processes) a small share
+        of a batch; an error while drawing a batch is raised where its run would start. False
+        uses ``DataLoader``'s own transport (a new shared-memory segment per tensor per
+        batch), which costs more than decoding a batch of frames.
 
     Examples
     --------
@@ -66,11 +73,15 @@ class ReplayLoader:
             raise TypeError(f"ReplayLoader needs a ReplayDataset, got {type(dataset).__name__}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        if prefetch_factor is not None and (not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1):
+            raise ValueError(f"prefetch_factor must be a positive integer or None, got "
+                             f"{prefetch_factor!r}")
         self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory and _can_pin()
         self.shared_slots = shared_slots and num_workers > 0
-        self._prefetch = 2 if prefetch_factor is None else prefetch_factor
+        self._prefetch = prefetch_factor
         self._loader_options: dict[str, Any] = dict(
             num_workers=num_workers, timeout=timeout, worker_init_fn=worker_init_fn,
             # Batches through shared slots are pinned when copied out of them (one copy, not
@@ -126,26 +137,32 @@ class ReplayLoader:
             # Fresh slots for every iteration: workers of an abandoned iteration may still be
             # writing into the previous ones. A copy of the dataset carries them to the workers
             # (the caller's dataset stays light to pickle).
-            # DataLoader never has more than prefetch_factor * num_workers batches requested
-            # but not yet delivered; a few more slots cover the batches the caller still
-            # holds. Slots cost memory only once used, and a worker that finds none free
-            # sends its batch as tensors.
-            ring = _SlotRing(self.num_workers, self._prefetch * self.num_workers + 3,
-                             dataset.batch_nbytes())
+            nbytes = dataset.batch_nbytes()
+            run, items = _runs(nbytes, self._prefetch)
+            # A worker never has more than `items` runs requested but not yet delivered, one
+            # of them being filled; one more run and a few slots cover the batches the caller
+            # still holds. Slots cost memory only once used, and a worker that finds none
+            # free sends its batch as tensors.
+            ring = _SlotRing(self.num_workers, (items + 1) * run + 3, nbytes)
             dataset = copy.copy(dataset)
-            dataset._ring = ring
+            dataset._ring, dataset._run = ring, run
+            options = {**self._loader_options, "prefetch_factor": items}
+        else:
+            options = self._loader_options
         # The loader must deliver batches in worker round-robin order (in_order=True, the
         # default), which is what makes batch numbers line up with delivery order.
-        loader = DataLoader(dataset, batch_size=None, **self._loader_options)
+        loader = DataLoader(dataset, batch_size=None, **options)
         pin = self.pin_memory
         for item in loader:
-            if isinstance(item, _SlotRef):
-                assert ring is not None
-                item = ring.take(item, pin=pin)
-            elif pin and ring is not None:
-                item = {name: tensor.pin_memory() for name, tensor in item.items()}
-            self.batch += 1
-            yield item
+            # Through the slots an item is a run: a list of consecutive batches.
+            for batch in item if isinstance(item, list) else (item,):
+                if isinstance(batch, _SlotRef):
+                    assert ring is not None
+                    batch = ring.take(batch, pin=pin)
+                elif pin and ring is not None:
+                    batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
+                self.batch += 1
+                yield batch
         if total is not None and self.batch >= total:
             self._next_epoch()
 
@@ -197,3 +214,17 @@ class ReplayLoader:
                 f"epoch={self.epoch}, batch={self.batch})")
 
 
+# Batches per run at most, and the bytes of a run: longer runs save little more of
+# DataLoader's cost per item, and hold more memory and more batches drawn ahead.
+MAX_RUN = 8
+RUN_BYTES = 32 << 20
+
+
+def _runs(batch_nbytes: int, prefetch: int | None) -> tuple[int, int]:
+    """(batches per run, runs each worker prefetches) for ``prefetch`` batches a worker
+    (None: two runs of the longest length)."""
+    run = max(1, min(MAX_RUN, RUN_BYTES // max(1, batch_nbytes)))
+    if prefetch is None:
+        return run, 2
+    run = min(run, prefetch)
+    return run, prefetch // run

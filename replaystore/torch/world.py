@@ -100,6 +100,18 @@ class World:
             return itertools.count(start, self.num_workers)
         return iter(range(start, stop, self.num_workers))
 
+    def my_runs(self, first: int, stop: int | None, size: int) -> Iterator[range]:
+        """Like :meth:`my_batches`, dealt in runs of ``size`` consecutive batches (the last
+        may be shorter): worker ``w`` takes runs ``w, w + num_workers, ...`` of
+        ``first, first + 1, ... < stop``, so runs, too, reach ``DataLoader`` in order.
+        """
+        if size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        step = size * self.num_workers
+        start = first + self.worker * size
+        starts = itertools.count(start, step) if stop is None else range(start, stop, step)
+        return (range(a, a + size if stop is None else min(a + size, stop)) for a in starts)
+
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
     # SeedSequence spawn keys give statistically independent streams for distinct keys.
