@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 Batch = dict[str, torch.Tensor]
+Spec = tuple[str, np.dtype, tuple[int, ...]]  # a field of a batch: name, dtype, shape
+Layout = tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, dtype, shape, offset
 
 
 def _arrays(data: dict[str, np.ndarray], *, indices: np.ndarray,
@@ -63,7 +65,7 @@ class _SlotRef:
     slot: int
     batch: int
     nbytes: int
-    layout: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, dtype, shape, offset
+    layout: Layout
 
 
 class _SlotRing:
@@ -89,34 +91,42 @@ class _SlotRing:
         self.slot_bytes = -(-slot_bytes // self.HEADER) * self.HEADER
         self.buffer = _shared_bytes(workers * slots * self.slot_bytes).view(
             workers, slots, self.slot_bytes)
-        self._view: np.ndarray | None = None
-        self._headers()[:] = 0
+        self._local()
+        self._heads[:] = 0
+
+    def _local(self) -> None:
+        # Views of the buffer and the layouts seen so far (a handful of batch shapes), made
+        # once per process instead of per batch: ~13 µs less per batch in a worker.
+        self._view: np.ndarray = self.buffer.numpy()
+        self._heads: np.ndarray = self._view[:, :, :16].view(np.int64)  # (workers, slots, 2)
+        self._layouts: dict[tuple[Spec, ...], tuple[Layout, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_view"] = None  # the tensor travels as shared memory; the numpy view is local
-        return state
+        # The tensor travels as shared memory; the views and layouts are rebuilt.
+        return {name: self.__dict__[name] for name in ("workers", "slots", "slot_bytes",
+                                                        "buffer")}
 
-    def _array(self) -> np.ndarray:
-        if self._view is None:
-            self._view = self.buffer.numpy()
-        return self._view
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local()
 
-    def _headers(self) -> np.ndarray:
-        return self._array()[:, :, :16].view(np.int64)  # (workers, slots, 2)
-
-    def _layout(self, specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> tuple[list, int]:
+    def _layout(self, specs: tuple[Spec, ...]) -> tuple[Layout, int]:
+        """Each field's ``(name, dtype, shape, offset)`` in a slot, and the end offset."""
+        known = self._layouts.get(specs)
+        if known is not None:
+            return known
         layout, offset = [], self.HEADER
         for name, dtype, shape in specs:
             layout.append((name, dtype.str, shape, offset))
             offset += -(-math.prod(shape) * dtype.itemsize // self.HEADER) * self.HEADER
-        return layout, offset
+        self._layouts[specs] = known = tuple(layout), offset
+        return known
 
     def _free_slot(self, worker: int) -> int | None:
-        free = np.flatnonzero(self._headers()[worker][:, 0] == 0)
-        return int(free[0]) if len(free) else None
+        states = self._heads[worker, :, 0].tolist()
+        return states.index(0) if 0 in states else None
 
-    def reserve(self, worker: int, specs: list[tuple[str, np.dtype, tuple[int, ...]]]
+    def reserve(self, worker: int, specs: tuple[Spec, ...]
                 ) -> tuple[int, dict[str, np.ndarray]] | None:
         """A free slot of ``worker`` and, for each ``(name, dtype, shape)``, the array of it
         where :meth:`put` will place that field when the batch starts with these fields.
@@ -129,7 +139,7 @@ class _SlotRing:
         slot = self._free_slot(worker)
         if slot is None or end > self.slot_bytes:
             return None
-        memory = self._array()[worker, slot]
+        memory = self._view[worker, slot]
         return slot, {name: memory[start:start + math.prod(shape) * np.dtype(dtype).itemsize]
                       .view(dtype).reshape(shape) for name, dtype, shape, start in layout}
 
@@ -137,18 +147,18 @@ class _SlotRing:
             slot: int | None = None) -> _SlotRef | None:
         """Copy ``arrays`` into ``slot`` (from :meth:`reserve`; arrays already in place are not
         copied) or a free slot of ``worker``; None if none is free or it won't fit."""
-        layout, end = self._layout([(n, a.dtype, a.shape) for n, a in arrays.items()])
+        layout, end = self._layout(tuple((n, a.dtype, a.shape) for n, a in arrays.items()))
         if slot is None:
             slot = self._free_slot(worker)
         if slot is None or end > self.slot_bytes:
             return None
-        memory = self._array()[worker, slot]
+        memory = self._view[worker, slot]
+        base = memory.ctypes.data
         for (_, _, _, start), array in zip(layout, arrays.values(), strict=True):
-            dest = memory[start:start + array.nbytes]
-            if array.ctypes.data != dest.ctypes.data:
-                dest[:] = array.reshape(-1).view(np.uint8)
-        self._headers()[worker, slot] = (1, batch)  # after the data: "a whole batch is here"
-        return _SlotRef(worker, slot, batch, end - self.HEADER, tuple(layout))
+            if array.ctypes.data != base + start:
+                memory[start:start + array.nbytes] = array.reshape(-1).view(np.uint8)
+        self._heads[worker, slot] = (1, batch)  # after the data: "a whole batch is here"
+        return _SlotRef(worker, slot, batch, end - self.HEADER, layout)
 
     def take(self, ref: _SlotRef, *, pin: bool) -> Batch:
         """The batch ``ref`` points to, as a dict of tensors that are views of one buffer.
@@ -158,13 +168,13 @@ class _SlotRing:
         no free slot sends its batch as tensors). With ``pin`` the batch is copied out into
         page-locked memory and the slot freed at once.
         """
-        header = self._headers()[ref.worker, ref.slot]
+        header = self._heads[ref.worker, ref.slot]
         if tuple(header) != (1, ref.batch):
             raise RuntimeError(f"shared slot {ref.slot} of worker {ref.worker} holds "
                                f"{tuple(header)} instead of batch {ref.batch} (a replaystore bug)")
         # A new ndarray object for this batch only; torch.from_numpy keeps it alive exactly as
         # long as the storage that every field's tensor below shares.
-        region = self._array()[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
+        region = self._view[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
         if pin:
             out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
             # numpy's copy is one single-threaded memcpy; torch's copy_ would wake its
@@ -173,7 +183,7 @@ class _SlotRing:
             header[0] = 0  # free: the worker may fill it again
         else:
             out = torch.from_numpy(region)
-            release = weakref.finalize(region, _release_slot, self._headers(), ref.worker,
+            release = weakref.finalize(region, _release_slot, self._heads, ref.worker,
                                        ref.slot, ref.batch)
             release.atexit = False
         # One reinterpretation of the buffer per dtype, then a slice per field: fewer torch
@@ -193,15 +203,14 @@ class _Destination:
     """Where a worker reads its next batch: straight into a free slot of its ring, so the
     batch's fields are decoded into shared memory with no copy in between."""
 
-    def __init__(self, ring: _SlotRing, worker: int,
-                 fields: list[tuple[str, np.dtype, tuple[int, ...]]]) -> None:
+    def __init__(self, ring: _SlotRing, worker: int, fields: list[Spec]) -> None:
         self.ring, self.worker, self.fields = ring, worker, fields
         self.slot: int | None = None
 
     def out(self, shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
         """Arrays in a free slot for a batch of slots of ``shape`` (``Store.get``'s ``out``)."""
         reserved = self.ring.reserve(self.worker,
-                                     [(n, d, shape + row) for n, d, row in self.fields])
+                                     tuple((n, d, shape + row) for n, d, row in self.fields))
         self.slot = None if reserved is None else reserved[0]
         return None if reserved is None else reserved[1]
 
