@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The checkout's replaystore, not a copy installed in the peers' venv earlier: a stale install
+# would be measured under this checkout's commit.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_adapters import ADAPTERS, EPISODE, ImageSource, source_for
 
@@ -275,9 +278,9 @@ def machine() -> dict:
     with contextlib.suppress(OSError):
         info["git_head"] = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short",
                                            "HEAD"], capture_output=True, text=True).stdout.strip()
-    with contextlib.suppress(Exception):
-        info["replaystore_installed_from"] = json.loads(
-            metadata.distribution("replaystore").read_text("direct_url.json") or "{}").get("url")
+    import replaystore
+
+    info["replaystore_imported_from"] = str(Path(replaystore.__file__).parent)
     return info
 
 
