@@ -326,11 +326,12 @@ def test_gloo_ranks_read_disjoint_slots(tmp_path):
 # -- a live store -----------------------------------------------------------------------------
 
 
-def test_priority_updates_in_the_main_process_reach_the_workers(tmp_path):
+@pytest.mark.parametrize("prefetch", [1, None])  # None: the prioritized default, 2 a worker
+def test_priority_updates_in_the_main_process_reach_the_workers(tmp_path, prefetch):
     store = make_store(tmp_path / "s", 400, capacity=400, priorities=True)
     updater = rs.PrioritizedSampler(store, alpha=0.6, eps=0.0)
     loader = ReplayLoader(ReplayDataset(store.path, 64, sampler="prioritized", seed=4),
-                          num_workers=2, multiprocessing_context="fork", prefetch_factor=1)
+                          num_workers=2, multiprocessing_context="fork", prefetch_factor=prefetch)
     it = iter(loader)
     before = concat([next(it) for _ in range(2)])
     assert len(np.unique(before)) > 50

@@ -38,7 +38,8 @@ class ReplayLoader:
     prefetch_factor
         Batches each worker may draw ahead of the caller (ignored when ``num_workers=0``);
         batches already drawn do not see later priority updates. None: DataLoader's default
-        (2), or with shared slots two runs of up to 8 batches (up to 32 MiB a run).
+        (2), or with shared slots two runs of up to 8 batches (up to 32 MiB a run), except for
+        ``sampler="prioritized"``, which keeps 2 so that batches follow the priorities closely.
     pin_memory
         Deliver batches in page-locked memory, for fast ``.to("cuda", non_blocking=True)``;
         pinning happens in the main process (ignored, with a warning, without an
@@ -138,7 +139,12 @@ class ReplayLoader:
             # writing into the previous ones. A copy of the dataset carries them to the workers
             # (the caller's dataset stays light to pickle).
             nbytes = dataset.batch_nbytes()
-            run, items = _runs(nbytes, self._prefetch)
+            prefetch = self._prefetch
+            if prefetch is None and dataset.sampler == "prioritized":
+                # Prioritized batches should see recent priority updates: draw no further
+                # ahead than DataLoader's own default.
+                prefetch = 2
+            run, items = _runs(nbytes, prefetch)
             # A worker never has more than `items` runs requested but not yet delivered, one
             # of them being filled; one more run and a few slots cover the batches the caller
             # still holds. Slots cost memory only once used, and a worker that finds none
