@@ -135,6 +135,19 @@ def test_shared_slots_are_lent_until_the_batch_is_garbage():
         ring.take(second, pin=False)  # already taken (and freed): refused, not read twice
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("nbytes", [0, 1000, (3 << 20) + 17, 14_450_755])
+def test_pin_copier_copies_every_byte_in_pieces(threads, nbytes):
+    from replaystore.torch.slots import _PinCopier
+
+    src = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    dest = np.zeros_like(src)
+    copier = _PinCopier(threads)
+    copier.copy(dest, src)
+    assert np.array_equal(dest, src)
+    assert _PinCopier.for_workers(10_000).threads == 1  # no idle core: copy inline
+
+
 def test_runs_follow_prefetch_factor_and_batch_bytes():
     from replaystore.torch.loader import _runs
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .dataset import ReplayDataset, _can_pin
-from .slots import Batch, _SlotRef, _SlotRing
+from .slots import Batch, _PinCopier, _SlotRef, _SlotRing
 from .world import World
 
 
@@ -159,12 +159,13 @@ class ReplayLoader:
         # default), which is what makes batch numbers line up with delivery order.
         loader = DataLoader(dataset, batch_size=None, **options)
         pin = self.pin_memory
+        copier = _PinCopier.for_workers(self.num_workers) if pin and ring is not None else None
         for item in loader:
             # Through the slots an item is a run: a list of consecutive batches.
             for batch in item if isinstance(item, list) else (item,):
                 if isinstance(batch, _SlotRef):
                     assert ring is not None
-                    batch = ring.take(batch, pin=pin)
+                    batch = ring.take(batch, pin=pin, copier=copier)
                 elif pin and ring is not None:
                     batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
                 self.batch += 1

@@ -7,8 +7,11 @@ slots and sends only a small reference."""
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,13 +163,13 @@ class _SlotRing:
         self._heads[worker, slot] = (1, batch)  # after the data: "a whole batch is here"
         return _SlotRef(worker, slot, batch, end - self.HEADER, layout)
 
-    def take(self, ref: _SlotRef, *, pin: bool) -> Batch:
+    def take(self, ref: _SlotRef, *, pin: bool, copier: _PinCopier | None = None) -> Batch:
         """The batch ``ref`` points to, as a dict of tensors that are views of one buffer.
 
         Without ``pin`` the buffer is the slot itself, lent to the caller: the slot is freed
         when the last of those tensors is garbage, so nothing is copied (a worker that finds
         no free slot sends its batch as tensors). With ``pin`` the batch is copied out into
-        page-locked memory and the slot freed at once.
+        page-locked memory (by ``copier`` when given) and the slot freed at once.
         """
         header = self._heads[ref.worker, ref.slot]
         if tuple(header) != (1, ref.batch):
@@ -177,9 +180,7 @@ class _SlotRing:
         region = self._view[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
         if pin:
             out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
-            # numpy's copy is one single-threaded memcpy; torch's copy_ would wake its
-            # intra-op thread pool, which spins and steals CPU from the workers.
-            np.copyto(out.numpy(), region)
+            (copier or _PinCopier(1)).copy(out.numpy(), region)
             header[0] = 0  # free: the worker may fill it again
         else:
             out = torch.from_numpy(region)
@@ -197,6 +198,45 @@ class _SlotRing:
             start = (offset - self.HEADER) // view.element_size()
             batch[name] = view[start:start + math.prod(shape)].view(shape)
         return batch
+
+
+class _PinCopier:
+    """Copies batches out of the slots into page-locked memory, big ones on several threads.
+
+    One thread copies into pinned memory at ~6 GB/s, which caps a many-core machine feeding
+    a GPU at ~400 batches/s of 256 Atari stacks and next stacks (14 MB) whatever the number of
+    workers. numpy releases the GIL while it copies, so pieces on a few threads add up. The
+    copies use numpy, not torch's ``copy_``: torch's intra-op pool spins while it waits and
+    steals CPU from the workers.
+    """
+
+    PIECE = 1 << 20  # bytes; smaller pieces are not worth a thread hand-off
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def for_workers(cls, num_workers: int) -> _PinCopier:
+        """As many threads as the cores the workers and the caller leave idle, at most 4."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            os.cpu_count() or 1
+        return cls(min(4, cores - num_workers - 1))
+
+    def copy(self, dest: np.ndarray, src: np.ndarray) -> None:
+        """``dest[:] = src`` for 1-D byte arrays of one length."""
+        pieces = min(self.threads, len(src) // self.PIECE)
+        if pieces <= 1:
+            np.copyto(dest, src)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="replaystore-pin")
+        bounds = [len(src) * i // pieces for i in range(pieces + 1)]
+        pending = [self._pool.submit(np.copyto, dest[a:b], src[a:b])
+                   for a, b in itertools.pairwise(bounds[1:])]
+        np.copyto(dest[:bounds[1]], src[:bounds[1]])
+        for done in pending:
+            done.result()
 
 
 class _Destination:
