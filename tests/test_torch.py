@@ -138,7 +138,7 @@ def test_shared_slots_are_lent_until_the_batch_is_garbage():
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("nbytes", [0, 1000, (3 << 20) + 17, 14_450_755])
 def test_pin_copier_copies_every_byte_in_pieces(threads, nbytes):
-    from replaystore.torch.slots import _PinCopier
+    from replaystore.torch.pinning import _PinCopier
 
     src = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
     dest = np.zeros_like(src)
@@ -191,6 +191,68 @@ def test_pin_memory_without_an_accelerator_warns_and_still_loads(tmp_path):
         loader = ReplayLoader(ReplayDataset(store.path, 8, batches_per_epoch=2), num_workers=2,
                               pin_memory=True, multiprocessing_context="fork")
     assert len(list(loader)) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs an accelerator")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pinned_batches_match_the_store_and_resume_exactly(tmp_path, workers):
+    store = make_store(tmp_path / "s", 500)
+    dataset = ReplayDataset(store.path, 32, seed=3, batches_per_epoch=12)
+    loader = ReplayLoader(dataset, num_workers=workers, pin_memory=True,
+                          multiprocessing_context="fork")
+    first = []
+    for batch in loader:
+        assert all(tensor.is_pinned() for tensor in batch.values())
+        assert_matches_store(store, {k: v.clone() for k, v in batch.items()})
+        first.append(batch["indices"].clone())
+        if len(first) == 5:
+            break
+    state = loader.state_dict()  # 5 delivered; the thread may have pinned more: not counted
+    again = ReplayLoader(ReplayDataset(store.path, 32, seed=3, batches_per_epoch=12),
+                         num_workers=workers, pin_memory=True, multiprocessing_context="fork")
+    again.load_state_dict(state)
+    rest = [b["indices"].clone() for b in again]
+    whole = [b["indices"] for b in ReplayLoader(ReplayDataset(
+        store.path, 32, seed=3, batches_per_epoch=12))]
+    assert [t.tolist() for t in first + rest] == [t.tolist() for t in whole]
+    with torch.cuda.stream(torch.cuda.Stream()):  # the copy the pinning is for
+        on_gpu = next(iter(loader))["obs"].to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    assert on_gpu.is_cuda
+
+
+def test_background_items_keep_their_order_and_raise_in_place():
+    from replaystore.torch.pinning import in_background
+
+    def items():
+        yield from range(5)
+        raise ValueError("item 5 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="item 5 is bad"):
+        for value in in_background(items(), depth=2):
+            got.append(value)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_closing_the_background_stops_its_thread_promptly():
+    import threading
+
+    from replaystore.torch.pinning import in_background
+
+    made = []
+
+    def items():
+        for i in itertools.count():
+            made.append(i)
+            yield i
+
+    background = in_background(items(), depth=2)
+    assert [next(background) for _ in range(3)] == [0, 1, 2]
+    background.close()
+    assert not any(t.name == "replaystore-pin" for t in threading.enumerate())
+    # At most the queue's depth plus the item in hand were made ahead of what was taken.
+    assert len(made) <= 3 + 2 + 1
 
 
 def test_dataset_pickles_without_its_store(tmp_path):

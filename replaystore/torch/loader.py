@@ -10,7 +10,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .dataset import ReplayDataset, _can_pin
-from .slots import Batch, _PinCopier, _SlotRef, _SlotRing
+from .pinning import _PinCopier, in_background
+from .slots import Batch, _SlotRef, _SlotRing
 from .world import World
 
 
@@ -157,19 +158,19 @@ class ReplayLoader:
             options = self._loader_options
         # The loader must deliver batches in worker round-robin order (in_order=True, the
         # default), which is what makes batch numbers line up with delivery order.
-        loader = DataLoader(dataset, batch_size=None, **options)
-        pin = self.pin_memory
-        copier = _PinCopier.for_workers(self.num_workers) if pin and ring is not None else None
-        for item in loader:
-            # Through the slots an item is a run: a list of consecutive batches.
-            for batch in item if isinstance(item, list) else (item,):
-                if isinstance(batch, _SlotRef):
-                    assert ring is not None
-                    batch = ring.take(batch, pin=pin, copier=copier)
-                elif pin and ring is not None:
-                    batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
-                self.batch += 1
-                yield batch
+        items = iter(DataLoader(dataset, batch_size=None, **options))
+        if ring is None:  # DataLoader pins, if asked to
+            batches: Iterator[Batch] = items
+        elif self.pin_memory:
+            # Copying batches into pinned memory is CPU work that would stall the training
+            # loop: a thread does it (and waits for the workers) a couple of batches ahead.
+            batches = in_background(
+                _from_slots(items, ring, _PinCopier.for_workers(self.num_workers)))
+        else:
+            batches = _from_slots(items, ring, None)
+        for batch in batches:
+            self.batch += 1
+            yield batch
         if total is not None and self.batch >= total:
             self._next_epoch()
 
@@ -219,6 +220,21 @@ class ReplayLoader:
     def __repr__(self) -> str:
         return (f"ReplayLoader({self.dataset!r}, num_workers={self.num_workers}, "
                 f"epoch={self.epoch}, batch={self.batch})")
+
+
+def _from_slots(items: Iterator[Any], ring: _SlotRing,
+                copier: _PinCopier | None) -> Iterator[Batch]:
+    """The batches of DataLoader items that came through ``ring``, pinned if ``copier``."""
+    for item in items:
+        # An item is a run: a list of consecutive batches, as slot references or, where a
+        # worker found no free slot, as tensors.
+        for batch in item:
+            if isinstance(batch, _SlotRef):
+                yield ring.take(batch, pin=copier is not None, copier=copier)
+            elif copier is not None:
+                yield {name: tensor.pin_memory() for name, tensor in batch.items()}
+            else:
+                yield batch
 
 
 # Batches per run at most, and the bytes of a run: longer runs save little more of

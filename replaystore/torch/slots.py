@@ -7,16 +7,16 @@ slots and sends only a small reference."""
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .pinning import _PinCopier
 
 Batch = dict[str, torch.Tensor]
 Spec = tuple[str, np.dtype, tuple[int, ...]]  # a field of a batch: name, dtype, shape
@@ -180,7 +180,10 @@ class _SlotRing:
         region = self._view[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
         if pin:
             out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
-            (copier or _PinCopier(1)).copy(out.numpy(), region)
+            if copier is None:
+                np.copyto(out.numpy(), region)
+            else:
+                copier.copy(out.numpy(), region)
             header[0] = 0  # free: the worker may fill it again
         else:
             out = torch.from_numpy(region)
@@ -198,45 +201,6 @@ class _SlotRing:
             start = (offset - self.HEADER) // view.element_size()
             batch[name] = view[start:start + math.prod(shape)].view(shape)
         return batch
-
-
-class _PinCopier:
-    """Copies batches out of the slots into page-locked memory, big ones on several threads.
-
-    One thread copies into pinned memory at ~6 GB/s, which caps a many-core machine feeding
-    a GPU at ~400 batches/s of 256 Atari stacks and next stacks (14 MB) whatever the number of
-    workers. numpy releases the GIL while it copies, so pieces on a few threads add up. The
-    copies use numpy, not torch's ``copy_``: torch's intra-op pool spins while it waits and
-    steals CPU from the workers.
-    """
-
-    PIECE = 1 << 20  # bytes; smaller pieces are not worth a thread hand-off
-
-    def __init__(self, threads: int) -> None:
-        self.threads = max(1, threads)
-        self._pool: ThreadPoolExecutor | None = None
-
-    @classmethod
-    def for_workers(cls, num_workers: int) -> _PinCopier:
-        """As many threads as the cores the workers and the caller leave idle, at most 4."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            os.cpu_count() or 1
-        return cls(min(4, cores - num_workers - 1))
-
-    def copy(self, dest: np.ndarray, src: np.ndarray) -> None:
-        """``dest[:] = src`` for 1-D byte arrays of one length."""
-        pieces = min(self.threads, len(src) // self.PIECE)
-        if pieces <= 1:
-            np.copyto(dest, src)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="replaystore-pin")
-        bounds = [len(src) * i // pieces for i in range(pieces + 1)]
-        pending = [self._pool.submit(np.copyto, dest[a:b], src[a:b])
-                   for a, b in itertools.pairwise(bounds[1:])]
-        np.copyto(dest[:bounds[1]], src[:bounds[1]])
-        for done in pending:
-            done.result()
 
 
 class _Destination:
