@@ -43,8 +43,8 @@ class ReplayLoader:
         ``sampler="prioritized"``, which keeps 2 so that batches follow the priorities closely.
     pin_memory
         Deliver batches in page-locked memory, for fast ``.to("cuda", non_blocking=True)``;
-        pinning happens in the main process (ignored, with a warning, without an
-        accelerator).
+        pinning happens in the main process, on a background thread for batches that come
+        through shared slots (ignored, with a warning, without an accelerator).
     shared_slots
         With workers, hand batches over through reusable shared-memory slots: a worker copies
         its batch into a free slot and the batch's tensors are views of that slot, which is
