@@ -115,7 +115,7 @@ def test_shared_slots_are_lent_until_the_batch_is_garbage():
              "i": np.arange(6, dtype=np.int64).reshape(2, 3)}
     first, second = ring.put(0, 7, batch), ring.put(0, 8, batch)
     assert ring.put(0, 9, batch) is None  # both slots hold unread batches: go as tensors
-    out = ring.take(first, pin=False)
+    out = ring.take(first)
     assert out.keys() == batch.keys()
     for name, array in batch.items():
         np.testing.assert_array_equal(out[name].numpy(), array)
@@ -130,9 +130,9 @@ def test_shared_slots_are_lent_until_the_batch_is_garbage():
     gc.collect()
     assert ring.put(0, 9, batch).slot == first.slot  # freed with its last tensor, reused
     assert ring.put(0, 10, {"big": np.zeros(2000, np.uint8)}) is None  # does not fit
-    ring.take(second, pin=False)
+    ring.take(second)
     with pytest.raises(RuntimeError, match="instead of batch 8"):
-        ring.take(second, pin=False)  # already taken (and freed): refused, not read twice
+        ring.take(second)  # already taken (and freed): refused, not read twice
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])

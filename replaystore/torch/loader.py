@@ -230,7 +230,7 @@ def _from_slots(items: Iterator[Any], ring: _SlotRing,
         # worker found no free slot, as tensors.
         for batch in item:
             if isinstance(batch, _SlotRef):
-                yield ring.take(batch, pin=copier is not None, copier=copier)
+                yield ring.take(batch, pin=copier)
             elif copier is not None:
                 yield {name: tensor.pin_memory() for name, tensor in batch.items()}
             else:

@@ -163,13 +163,13 @@ class _SlotRing:
         self._heads[worker, slot] = (1, batch)  # after the data: "a whole batch is here"
         return _SlotRef(worker, slot, batch, end - self.HEADER, layout)
 
-    def take(self, ref: _SlotRef, *, pin: bool, copier: _PinCopier | None = None) -> Batch:
+    def take(self, ref: _SlotRef, pin: _PinCopier | None = None) -> Batch:
         """The batch ``ref`` points to, as a dict of tensors that are views of one buffer.
 
         Without ``pin`` the buffer is the slot itself, lent to the caller: the slot is freed
         when the last of those tensors is garbage, so nothing is copied (a worker that finds
         no free slot sends its batch as tensors). With ``pin`` the batch is copied out into
-        page-locked memory (by ``copier`` when given) and the slot freed at once.
+        page-locked memory by that copier and the slot freed at once.
         """
         header = self._heads[ref.worker, ref.slot]
         if tuple(header) != (1, ref.batch):
@@ -178,12 +178,9 @@ class _SlotRing:
         # A new ndarray object for this batch only; torch.from_numpy keeps it alive exactly as
         # long as the storage that every field's tensor below shares.
         region = self._view[ref.worker, ref.slot, self.HEADER:self.HEADER + ref.nbytes]
-        if pin:
+        if pin is not None:
             out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
-            if copier is None:
-                np.copyto(out.numpy(), region)
-            else:
-                copier.copy(out.numpy(), region)
+            pin.copy(out.numpy(), region)
             header[0] = 0  # free: the worker may fill it again
         else:
             out = torch.from_numpy(region)
