@@ -16,7 +16,8 @@ Examples:
   replaystore info runs/cartpole
   replaystore info runs/cartpole --json | jq .episodes.return.mean""")
 @click.argument("path", type=STORE)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON instead of a table (undefined or infinite statistics as null).")
 def info(path: Path, as_json: bool) -> None:
     """Show a store's schema, rows, episodes, sizes on disk and commit state."""
     import replaystore as rs
@@ -31,8 +32,7 @@ def info(path: Path, as_json: bool) -> None:
                                                      " (unbounded)")
                + f"; {summary['rows_ever']:,} appended in all")
     commit = summary["commit"]
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(commit["time"]))
-    click.echo(f"last commit #{commit['seq']} at {when}")
+    click.echo(f"last commit #{commit['seq']} at {when(commit['time'])}")
     pid = summary["writer_pid"]
     click.echo(f"writer      {'held by pid ' + str(pid) if pid else 'none (unlocked)'}")
     eps = summary["episodes"]
@@ -57,3 +57,14 @@ def info(path: Path, as_json: bool) -> None:
     click.echo(table(["field", "shape", "dtype", "codec", "chunk rows", "on disk", "raw",
                       "ratio"], rows))
     click.echo(f"\ntotal on disk {size(summary['disk_bytes'])}")
+
+
+def when(timestamp: object) -> str:
+    """A commit time as local date and time; a manifest without a checksum (older stores) is
+    not checked field by field, so anything else is shown as it is rather than raising."""
+    if isinstance(timestamp, int | float) and not isinstance(timestamp, bool):
+        try:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+        except (OverflowError, ValueError, OSError):  # out of time_t's range, NaN
+            pass
+    return f"unknown time (the manifest records {timestamp!r})"

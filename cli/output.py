@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,23 @@ import click
 
 
 def emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2))
+    """Print ``doc`` as strict JSON: NaN and infinities (which JSON lacks, and which Python's
+    json module would write as ``NaN``, ``Infinity``) become null."""
+    click.echo(json.dumps(finite(doc), indent=2, allow_nan=False))
+
+
+def finite(doc: Any) -> Any:
+    """``doc`` with every non-finite float replaced by None and numpy scalars as Python ones;
+    dicts, lists and tuples are copied, anything else is kept (json.dumps judges it)."""
+    if isinstance(doc, dict):
+        return {key: finite(value) for key, value in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [finite(value) for value in doc]
+    if getattr(doc, "ndim", None) == 0 and hasattr(doc, "item"):  # np.float32(nan), ...
+        return finite(doc.item())
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    return doc
 
 
 def size(nbytes: float | None) -> str:

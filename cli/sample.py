@@ -10,8 +10,15 @@ from typing import Any
 import click
 import numpy as np
 
-from .output import emit_json, table
-from .params import STORE
+from .output import emit_json, size, table
+from .params import STORE, FiniteFloatRange
+
+# Limits of one call, so that a typo in -n is a usage error rather than a MemoryError (-n 10**12
+# asked for 7 TiB of slots) or minutes of output: rows drawn, bytes of the rows read at once,
+# and values printed with --json (each one a Python object, then text).
+MAX_COUNT = 100_000
+MAX_READ_BYTES = 256 << 20
+MAX_JSON_VALUES = 10_000_000
 
 
 def fmt(value: np.ndarray) -> str:
@@ -54,20 +61,47 @@ class FieldList(click.ParamType):
         return names
 
 
+def check_size(store: Any, names: list[str], count: int, as_json: bool) -> None:
+    """Refuse a ``count`` whose rows would read more than MAX_READ_BYTES, or print more than
+    MAX_JSON_VALUES values with --json, as a usage error naming -n and the largest count."""
+    read = [store.schema[name] for name in names]
+    row_values = sum(math.prod(f.read_shape) for f in read)  # frame stacks as a learner reads
+    row_bytes = sum(math.prod(f.read_shape) * f.dtype.itemsize for f in read)
+    what = f"{', '.join(names)}" if len(names) <= 6 else f"{len(names)} fields"
+    if count * row_bytes > MAX_READ_BYTES:
+        most = MAX_READ_BYTES // row_bytes
+        raise click.BadParameter(
+            f"{count:,} rows of {what} ({size(row_bytes)} a row) would read "
+            f"{size(count * row_bytes)}, more than the limit of {MAX_READ_BYTES >> 20} MiB: "
+            + (f"draw at most {most:,} rows, or fewer --fields" if most else
+               "one row is over the limit; choose fewer --fields"), param_hint="'-n'")
+    if as_json and count * row_values > MAX_JSON_VALUES:
+        most = MAX_JSON_VALUES // row_values
+        raise click.BadParameter(
+            f"{count:,} rows of {what} ({row_values:,} values a row) would print "
+            f"{count * row_values:,} values as JSON, more than the limit of "
+            f"{MAX_JSON_VALUES:,}: "
+            + (f"draw at most {most:,} rows, or fewer --fields" if most else
+               "one row is over the limit; choose fewer --fields"), param_hint="'-n'")
+
+
 @click.command(short_help="Draw rows uniformly or by priority and print them.", epilog="""\b
 Examples:
   replaystore sample runs/cartpole -n 5
   replaystore sample runs/cartpole -n 8 --prioritized --fields obs,action,reward
   replaystore sample runs/cartpole -n 3 --seed 0 --json | jq '.rows[].reward'""")
 @click.argument("path", type=STORE)
-@click.option("-n", "count", type=click.IntRange(min=1), default=5, show_default=True,
-              metavar="K", help="Rows to draw (with replacement).")
+@click.option("-n", "count", type=click.IntRange(min=1, max=MAX_COUNT), default=5,
+              show_default=True, metavar="K",
+              help=f"Rows to draw (with replacement), at most {MAX_COUNT:,}.")
 @click.option("--prioritized", is_flag=True,
               help="Draw by the store's priority index (also prints probability and weight).")
 @click.option("--fields", type=FieldList(), help="Only these fields (default: all).")
-@click.option("--seed", type=int, metavar="S", help="Seed of the sampler (default: random).")
-@click.option("--beta", type=float, default=0.4, show_default=True,
-              help="Importance-sampling exponent of the weights (with --prioritized).")
+@click.option("--seed", type=click.IntRange(min=0), metavar="S",
+              help="Seed of the sampler, an integer >= 0 (default: random).")
+@click.option("--beta", type=FiniteFloatRange(0.0, 1.0), default=0.4, show_default=True,
+              metavar="B",
+              help="Importance-sampling exponent of the weights, 0 to 1 (with --prioritized).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (non-finite floats as null).")
 def sample(path: Path, count: int, prioritized: bool, fields: list[str] | None,
            seed: int | None, beta: float, as_json: bool) -> None:
@@ -89,6 +123,7 @@ def sample(path: Path, count: int, prioritized: bool, fields: list[str] | None,
                 except KeyError as exc:
                     raise click.BadParameter(exc.args[0], param_hint="--fields") from None
         names = fields
+    check_size(store, names, count, as_json)
     if len(store) == 0:
         raise click.ClickException(f"store {str(path)!r} has no committed rows to sample")
     if prioritized:
@@ -103,7 +138,10 @@ def sample(path: Path, count: int, prioritized: bool, fields: list[str] | None,
                                                     seed=seed)
     else:
         sampler = rs.UniformSampler(store, seed=seed)
-    batch = sampler.sample(count)
+    try:
+        batch = sampler.sample(count)
+    except IndexError as exc:  # every priority 0 (eps=0), or rows pruned since the check
+        raise click.ClickException(f"store {str(path)!r}: {exc}") from None
     rows = store.get(batch.indices, names)
     global_rows = store.manifest.row_of(batch.indices)
     extra: dict[str, np.ndarray] = {}

@@ -6,9 +6,11 @@ A schema always contains the three fields that episodes are built from, ``reward
 
 Casting rule for appended values: a cast numpy calls *safe* is done silently; float to a
 narrower float is done when no finite value overflows (observations arrive as float64 from many
-environments and are rounded, as every RL library does); any other cast (int64 into uint8, float
-into int, int into bool) is done only when every value survives the round trip exactly.
-Anything else raises :class:`~replaystore.errors.SchemaError` naming the field.
+environments and are rounded, as every RL library does); any other cast (int64 into uint8, int8
+into uint8, float into int, int into bool) is done only when every value is stored exactly:
+integers must lie in the field's range (a round trip alone would miss int8 -1 stored as uint8
+255, because the cast back wraps too), floats must also be whole numbers. Anything else raises
+:class:`~replaystore.errors.SchemaError` naming the field, the value's dtype and the field's.
 """
 
 from __future__ import annotations
@@ -159,18 +161,22 @@ class Field:
     def _scalar(self, value: bool | int | float) -> np.ndarray:
         """A Python scalar for a scalar field: the same rules as :meth:`_cast`, 5x faster (a
         reward and two flags arrive this way with every appended row)."""
-        if self.dtype.kind == "f":  # rounding is fine, overflow to inf is not
-            lossless = not (math.isfinite(value) and abs(value) > _FLOAT_MAX[self.dtype.char])
-            cast = self.dtype.type(value) if lossless else None
-        else:
-            try:
+        try:
+            if self.dtype.kind == "f":  # rounding is fine, overflow to inf is not
+                lossless = not (math.isfinite(value) and abs(value) > _FLOAT_MAX[self.dtype.char])
+                cast = self.dtype.type(value) if lossless else None
+            else:  # numpy converts through a Python int: exact, or OverflowError
                 cast = self.dtype.type(value)
                 lossless = cast == value
-            except (OverflowError, ValueError):
-                lossless = False
+        except (OverflowError, ValueError):  # 10**400 has no float; NaN no int
+            lossless = False
         if not lossless:
-            raise SchemaError(f"field {self.name!r}: value {value!r} does not fit a "
-                              f"{self.dtype} field without loss (expected {self.describe()})")
+            text = repr(value)
+            if len(text) > 40:  # 10**400
+                text = f"{text[:20]}...({len(text)} digits)"
+            raise SchemaError(f"field {self.name!r}: value {text} ({type(value).__name__}) "
+                              f"does not fit a {self.dtype} field without loss (expected "
+                              f"{self.describe()})")
         return cast  # type: ignore[return-value]  # a numpy scalar stands in for a 0-d array
 
     def _cast(self, array: np.ndarray, what: str) -> np.ndarray:
@@ -183,15 +189,55 @@ class Field:
         if np.can_cast(src, dst, "safe"):
             return array.astype(dst)
         with np.errstate(all="ignore"):
-            cast = array.astype(dst)
-            if src.kind == "f" and dst.kind == "f":
-                lossless = np.all(np.isfinite(cast) | ~np.isfinite(array))
-            else:
+            if dst.kind in "iu":
+                # In range first: a wrapped value can survive the cast back (int8 -1 -> uint8
+                # 255 -> int8 -1), and an out-of-range float's cast is undefined.
+                lossless = _within(array, dst)
+                cast = array.astype(dst) if lossless else array
+                if lossless and src.kind == "f":  # whole numbers only
+                    lossless = np.array_equal(cast.astype(src), array)
+            elif dst.kind == "f":
+                cast = array.astype(dst)
+                if src.kind == "f":
+                    lossless = np.all(np.isfinite(cast) | ~np.isfinite(array))
+                else:  # int to a float that cannot hold every int of src: round trip, in range
+                    lossless = (_within(cast, src)
+                                and np.array_equal(cast.astype(src), array))
+            else:  # into bool: exact when every value is 0 or 1, which the cast back shows
+                cast = array.astype(dst)
                 lossless = np.array_equal(cast.astype(src), array, equal_nan=src.kind == "f")
         if not lossless:
             raise SchemaError(f"field {self.name!r}: {what}values of dtype {src} do not fit a "
-                              f"{dst} field without loss (expected {self.describe()})")
+                              f"{dst} field without loss{_first_misfit(array, dst)} "
+                              f"(expected {self.describe()})")
         return cast
+
+
+def _within(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether every value of an int or float ``array`` lies in integer ``dtype``'s range
+    (NaN does not). Two reductions, compared as Python numbers, which is exact."""
+    if array.size == 0:
+        return True
+    info = np.iinfo(dtype)
+    if array.size == 1:  # one row of a scalar field: skip two reductions (a few µs)
+        low = high = array.reshape(-1)[0]
+    else:
+        low, high = array.min(), array.max()
+    if array.dtype.kind == "f":  # the bounds min and max + 1 are powers of two: exact floats
+        return float(info.min) <= float(low) and float(high) < float(info.max + 1)
+    return int(info.min) <= int(low) and int(high) <= int(info.max)
+
+
+def _first_misfit(array: np.ndarray, dst: np.dtype) -> str:
+    """``: -1 is outside the uint8 range [0, 255]`` for the first value outside an integer
+    ``dst``'s range, to name in the error; an empty string otherwise."""
+    if dst.kind not in "iu" or array.dtype.kind not in "iu":
+        return ""
+    info = np.iinfo(dst)
+    flat = array.reshape(-1)
+    bad = np.flatnonzero((flat < info.min) | (flat > info.max))
+    return (f": {flat[bad[0]].item()} is outside the {dst} range [{info.min}, {info.max}]"
+            if len(bad) else "")
 
 
 _PY_SCALARS = (bool, int, float)

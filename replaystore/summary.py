@@ -13,6 +13,9 @@ from .store import Store
 def summarize(store: Store) -> dict[str, Any]:
     """Describe a store as a JSON-able dict (what ``replaystore info`` prints).
 
+    Statistics that are undefined (the mean return of episodes with a NaN or infinite reward)
+    are NaN here; ``replaystore info --json`` prints every non-finite number as null.
+
     Examples
     --------
     >>> summarize(rs.open("runs/cartpole"))["rows"]  # doctest: +SKIP
@@ -65,7 +68,11 @@ def _priority_stats(store: Store) -> dict[str, Any] | None:
 
 
 def _stats(values: np.ndarray) -> dict[str, float] | None:
+    """Mean, std, min and max, as floats; NaN where undefined (a NaN reward, or inf - inf),
+    which ``replaystore info --json`` prints as null."""
     if len(values) == 0:
         return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-            "min": float(np.min(values)), "max": float(np.max(values))}
+    with np.errstate(invalid="ignore", over="ignore"):  # no RuntimeWarning on stderr
+        return {"mean": float(np.mean(values, dtype=np.float64)),
+                "std": float(np.std(values, dtype=np.float64)),
+                "min": float(np.min(values)), "max": float(np.max(values))}

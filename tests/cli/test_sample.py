@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import rows_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import replaystore as rs
 from replaystore_cli.main import cli
-from replaystore_cli.sample import fmt
+from replaystore_cli.sample import MAX_COUNT, MAX_JSON_VALUES, MAX_READ_BYTES, fmt
 
 
 def invoke(*args: object, env: dict | None = None):
@@ -108,3 +111,99 @@ def test_fmt():
 def test_help_shows_examples():
     result = invoke("--help")
     assert result.exit_code == 0 and "replaystore sample runs/cartpole -n 5" in result.output
+
+
+def one_error_line(result, *needles: str) -> None:
+    """Exit status 2 and, as ``replaystore`` prints it, a single ``Error:`` line naming it all."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def run_sample(exe: str, *args: object):
+    return subprocess.run([exe, "sample", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_huge_count_is_a_usage_error_naming_the_limit(store_path, replaystore_exe):
+    """-n 10**12 tried to allocate 7 TiB of slots and printed a MemoryError traceback."""
+    one_error_line(run_sample(replaystore_exe, store_path, "-n", 10 ** 12), "-n",
+                   f"{MAX_COUNT}")
+    for count in (MAX_COUNT + 1, 10 ** 30):
+        result = invoke(store_path, "-n", count)
+        assert result.exit_code == 2 and "-n" in result.output and str(MAX_COUNT) in \
+            result.output, result.output
+    assert invoke(store_path, "-n", MAX_COUNT, "--fields", "action", "--json").exit_code == 0
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "-5", "1.5", "ten", ""])
+def test_count_must_be_a_positive_integer(store_path, count):
+    result = invoke(store_path, "-n", count)
+    assert result.exit_code == 2 and "'-n'" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_count_times_row_size_is_bounded(make_store, replaystore_exe):
+    """Rows wide enough that -n rows would not fit memory: refused before reading anything."""
+    store = make_store({"frame": ((1024, 1024), "uint8")})
+    store.append(frame=np.zeros((1024, 1024), np.uint8), reward=0.0, terminated=True,
+                 truncated=False)
+    store.commit()
+    store.close()
+    most = MAX_READ_BYTES // (1024 * 1024 + 1 + 1 + 4)
+    one_error_line(run_sample(replaystore_exe, store.path, "-n", most + 1), "-n", f"{most:,}")
+    result = invoke(store.path, "-n", most + 1, "--fields", "reward")
+    assert result.exit_code == 0, result.output  # the limit counts the fields that are read
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "1.5"], "--seed"),
+    (["--prioritized", "--beta", "nan"], "--beta"),
+    (["--prioritized", "--beta", "-0.5"], "--beta"),
+    (["--prioritized", "--beta", "inf"], "--beta"),
+])
+def test_bad_seed_and_beta_are_usage_errors(store_path, args, option):
+    with rs.open(store_path, "a") as store:
+        rs.PrioritizedSampler(store, seed=0)
+    result = invoke(store_path, "-n", 2, *args)
+    assert result.exit_code == 2 and option in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_prioritized_with_every_priority_zero_is_an_error_not_a_traceback(store_path):
+    with rs.open(store_path, "a") as store:
+        per = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0, seed=0)
+        per.update_priorities(np.arange(60), np.zeros(60))
+    result = invoke(store_path, "-n", 2, "--prioritized")
+    assert result.exit_code == 1 and "priority 0" in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_json_values_are_bounded(make_store):
+    store = make_store({"obs": ((1000,), "float32")})
+    store.append(obs=np.zeros(1000), reward=0.0, terminated=True, truncated=False)
+    store.commit()
+    store.close()
+    most = MAX_JSON_VALUES // 1003
+    result = invoke(store.path, "-n", most + 1, "--json")
+    assert result.exit_code == 2 and "'-n'" in result.output and f"{most:,}" in result.output
+    assert "--fields" in result.output, result.output
+    result = invoke(store.path, "-n", most + 1, "--json", "--fields", "reward")
+    assert result.exit_code == 0, result.output
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.integers(-(10 ** 30), 0) | st.integers(1, 40)
+       | st.integers(MAX_COUNT + 1, 10 ** 30))
+def test_any_count_samples_or_is_a_usage_error(store_path, count):
+    result = invoke(store_path, "-n", count, "--fields", "action", "--seed", 0, "--json")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    if 1 <= count <= MAX_COUNT:
+        assert result.exit_code == 0 and len(json.loads(result.output)["rows"]) == count
+    else:
+        assert result.exit_code == 2 and "'-n'" in result.output
