@@ -22,6 +22,8 @@ from .errors import (
     StoreExistsError,
     StoreNotFoundError,
     StoreReplacedError,
+    SyncError,
+    WriterFailedError,
     WriterLockedError,
 )
 from .layout import FORMAT_VERSION
@@ -81,8 +83,10 @@ __all__ = [
     "StoreExistsError",
     "StoreNotFoundError",
     "StoreReplacedError",
+    "SyncError",
     "UniformSampler",
     "VerifyReport",
+    "WriterFailedError",
     "WriterLockedError",
     "__version__",
     "compact",

@@ -21,13 +21,14 @@ import itertools
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from .errors import CorruptStoreError
+from .errors import CorruptStoreError, SyncError
 from .lock import WriterLock
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -70,6 +71,14 @@ class LocalBackend:
         """Delete the root and everything under it."""
         shutil.rmtree(self.root)
 
+    def discard(self) -> None:
+        """Delete the root and everything under it, first moving it aside in one rename: no
+        process ever sees a half-deleted store at the root."""
+        aside = self._sibling(f"discard-{os.getpid()}-{next(self._counter)}")
+        os.rename(self.root, aside)
+        self._fsync_dir(self.root.parent)
+        shutil.rmtree(aside)
+
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)
         if path.parent != self.root and path.parent not in self._safe_dirs:
@@ -90,13 +99,30 @@ class LocalBackend:
         if folder.is_dir():
             self._safe_dirs.add(folder)
 
-    def read(self, key: str) -> bytes:
-        """Return the bytes stored at ``key``; FileNotFoundError if there are none."""
-        # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it.
-        fd = _open_no_link(self._path(key), os.O_RDONLY, key)
+    def read(self, key: str, *, limit: int | None = None) -> bytes:
+        """Return the bytes stored at ``key``; FileNotFoundError if there are none.
+
+        ``limit`` is the most bytes the format allows at this key: a larger file (a sparse
+        file, a device node planted in a store) is refused before anything is read. Anything
+        but a regular file (a FIFO, a folder, a device) is refused without blocking.
+        """
+        # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it;
+        # O_NONBLOCK: opening a FIFO planted in a store must not wait for a writer forever.
+        fd = _open_no_link(self._path(key), os.O_RDONLY | os.O_NONBLOCK, key)
         try:
+            size = _regular_size(fd, key)
+            if limit is not None and size > limit:
+                raise CorruptStoreError(f"{key!r} holds {size:,} bytes, more than the "
+                                        f"{limit:,} its format allows", key=key)
             with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
+                # Never more than the limit allows, even from a file that grew since fstat.
+                data = f.read() if limit is None else f.read(limit + 1)
+            if limit is not None and len(data) > limit:
+                raise CorruptStoreError(f"{key!r} grew past the {limit:,} bytes its format "
+                                        "allows while being read", key=key)
+            return data
+        except OSError as exc:
+            raise _naming(exc, self.root / key) from None
         finally:
             os.close(fd)
 
@@ -105,24 +131,32 @@ class LocalBackend:
 
         Readers see the old bytes or the new ones, never a mix. With ``durable=True`` the data
         and the rename are on disk when this returns; otherwise call :meth:`sync` later.
+
+        A key that already holds bytes (a partly filled chunk rewritten at each commit, an
+        episode block, an array document) is only ever replaced by bytes that are already on
+        disk: file systems may make a rename durable before the renamed file's data (XFS, ext4
+        with ``noauto_da_alloc``), and any fsync on the file system, by anyone, can do it, so
+        renaming first and syncing later could leave committed rows in a file of 0 bytes after
+        a power cut. A new key is not synced until :meth:`sync`: it holds nothing committed.
         """
         path = self._path(key)
         self._make_parent(path)
+        replaces = os.path.lexists(path)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise _naming(exc, path) from None
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
+            if durable or replaces:
+                _fsync(fd, path)
         except BaseException as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and not isinstance(exc, SyncError):
                 raise _naming(exc, path) from None
             raise
         os.close(fd)
@@ -132,13 +166,17 @@ class LocalBackend:
             self.sync_dirs()
 
     def sync(self, keys: Iterable[str]) -> None:
-        """Make earlier non-durable writes of ``keys`` (and the directories holding them) durable."""
+        """Make earlier non-durable writes of ``keys`` (and the directories holding them) durable.
+
+        A failed fsync raises :class:`SyncError` naming the file: the kernel may have dropped
+        the unwritten pages, and syncing again would report success over lost data.
+        """
         dirs = set()
         for key in keys:
             path = self._path(key)
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK, key)
             try:
-                os.fsync(fd)
+                _fsync(fd, path)
             finally:
                 os.close(fd)
             dirs.add(path.parent)
@@ -195,45 +233,77 @@ class LocalBackend:
         """
         path = self._path(key)
         self._make_parent(path)
+        # Built under a new name and renamed over the key: whatever was planted at the key
+        # (a symbolic link out of the store, a hard link) is replaced, never written through.
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
         try:
-            with open(path, "wb") as f:
-                f.truncate(nbytes)
-                os.posix_fallocate(f.fileno(), 0, nbytes)
-                os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                os.ftruncate(fd, nbytes)
+                os.posix_fallocate(fd, 0, nbytes)
+                _fsync(fd, path)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         except OSError as exc:
-            path.unlink(missing_ok=True)
-            raise _naming(exc, path) from None
+            tmp.unlink(missing_ok=True)
+            raise exc if isinstance(exc, SyncError) else _naming(exc, path) from None
         self._fsync_dir(path.parent)
 
     def memmap(self, key: str, dtype: str, shape: tuple[int, ...], *,
                writable: bool) -> np.memmap:
-        """Map ``key`` into memory, shared with every other process that maps it."""
+        """Map ``key`` into memory, shared with every other process that maps it.
+
+        The file must be a regular file of exactly the mapped size (a planted device node or
+        FIFO, or a file of another size, is refused before mapping).
+        """
         path = self._path(key)
-        if path.is_symlink():
-            raise CorruptStoreError(f"refusing to map {key!r}: it is a symbolic link", key=key)
-        return np.memmap(path, dtype=dtype, mode="r+" if writable else "r", shape=shape)
+        fd = _open_no_link(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK, key)
+        with os.fdopen(fd, "r+b" if writable else "rb") as f:
+            size = _regular_size(fd, key)
+            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if size != want:
+                raise CorruptStoreError(f"{key!r} holds {size:,} bytes; a mapping of shape "
+                                        f"{shape} {dtype} needs {want:,}", key=key)
+            return np.memmap(f, dtype=dtype, mode="r+" if writable else "r", shape=shape)
 
     def open_log(self, key: str) -> BinaryIO:
         """An append-only handle on ``key`` (created if missing), for undo logs."""
         path = self._path(key)
         self._make_parent(path)
-        fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, key)
+        fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, key)
+        try:
+            _check_private(fd, key)
+        except BaseException:
+            os.close(fd)
+            raise
         return os.fdopen(fd, "ab")
 
     def lock(self, key: str) -> WriterLock:
         """Take the exclusive single-writer lock stored at ``key`` (raises if another holds it)."""
         path = self._path(key)
         self._make_parent(path)
-        if path.is_symlink():
-            raise CorruptStoreError(f"refusing the lock {key!r}: it is a symbolic link", key=key)
-        return WriterLock.acquire(path)
+        fd = _open_no_link(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, key)
+        try:
+            _check_private(fd, key)  # the lock file is truncated and written: never a link
+        except BaseException:
+            os.close(fd)
+            raise
+        return WriterLock.acquire(path, fd)
 
     def lock_holder(self, key: str) -> int | None:
         """The pid of the live process holding the lock at ``key``, or None."""
         path = self._path(key)
-        if path.is_symlink():
-            raise CorruptStoreError(f"refusing the lock {key!r}: it is a symbolic link", key=key)
-        return WriterLock.holder(path)
+        try:
+            fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK, key)
+        except FileNotFoundError:
+            return None
+        try:
+            _regular_size(fd, key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return WriterLock.holder(path, fd)
 
     # -- replacing the whole store (prune, compact, repair) ----------------------------------
 
@@ -245,12 +315,12 @@ class LocalBackend:
     def staging(self) -> LocalBackend:
         """An empty backend beside this one, where a replacement store is built.
 
-        A staging folder left by a rewrite that died is deleted here, so callers must hold
-        the store's writer lock (only one rewrite at a time).
+        What an interrupted replacement left beside the store is cleared first
+        (:meth:`finish_replace` with ``locked=True``), so callers must hold the store's writer
+        lock (one rewrite at a time).
         """
+        self.finish_replace(locked=True)
         staged = LocalBackend(self._sibling("rewrite"))
-        if staged.root.exists():
-            staged.destroy()
         staged.make_container()
         self._fsync_dir(self.root.parent)
         return staged
@@ -258,35 +328,88 @@ class LocalBackend:
     def replace_with(self, staged: LocalBackend) -> None:
         """Make the content of ``staged`` (fully written and synced) this store's content.
 
-        Readers and a crash see the old store or the new one, never a mix: the two folders are
-        exchanged with one ``renameat2(RENAME_EXCHANGE)`` call. Where the file system lacks
-        it, an intent file is written first and :meth:`finish_replace` completes the two
-        renames after a crash. The old content is deleted afterwards.
+        Readers and a crash see the old store or the new one, never a mix. Where the file
+        system offers it, one ``renameat2(RENAME_EXCHANGE)`` swaps the two folders. Elsewhere
+        (NFS, ...) the swap takes three steps:
+
+        1. the intent file ``.<name>.replace`` is created and made durable: the staged store
+           is complete, and from here on the swap only goes forward;
+        2. the store's folder is renamed to ``.<name>.old``;
+        3. at once, the staged folder is renamed to the store's name.
+
+        Between 2 and 3 the store's path names nothing: a process that opens the store then
+        does step 3 itself (``open`` calls :meth:`finish_replace`), and one that had it open
+        gets :class:`StoreReplacedError`, as after any replacement. After a crash the next
+        ``open`` does step 3, and the next rewrite clears the rest under the writer lock.
+
+        The old content is deleted afterwards, unless another process cleared it already.
         """
+        before = self.identity()
         self._fsync_dir(staged.root)
         if _exchange(staged.root, self.root):
             self._fsync_dir(self.root.parent)
-            staged.destroy()
-            return
-        intent = self._sibling("replace")
-        intent.write_bytes(b"")
-        self._fsync_dir(self.root.parent)
-        os.rename(self.root, self._sibling("old"))
-        self.finish_replace()
-
-    def finish_replace(self) -> None:
-        """Complete a fallback replacement that a crash interrupted (see :meth:`replace_with`)."""
-        intent, staged, old = (self._sibling(t) for t in ("replace", "rewrite", "old"))
-        if not intent.exists() or (self.root.exists() and staged.exists()):
-            return  # nothing begun, or the rewriter (holding the old store's lock) is mid-way
+            old, intent = staged.root, None
+        else:
+            intent, old = self._sibling("replace"), self._sibling("old")
+            os.close(os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            self._fsync_dir(self.root.parent)
+            os.rename(self.root, old)
+            try:
+                os.rename(staged.root, self.root)
+            except OSError:
+                if not self.root.exists():  # else an opener did this step for us
+                    raise
+            self._fsync_dir(self.root.parent)
         try:
-            os.rename(staged, self.root)
-        except OSError:
-            if not self.root.exists():  # else a concurrent opener finished it for us
-                raise
-        self._fsync_dir(self.root.parent)
-        intent.unlink(missing_ok=True)
-        shutil.rmtree(old, ignore_errors=True)
+            st = os.lstat(old)
+        except FileNotFoundError:
+            return  # a writer of the new store cleared it already
+        if (st.st_dev, st.st_ino) != before:
+            return  # ... and the name is another rewrite's now
+        if intent is not None:
+            intent.unlink(missing_ok=True)
+        shutil.rmtree(old, ignore_errors=True)  # what stays (NFS: files held open elsewhere)
+        # is moved aside by the next rewrite
+
+    def finish_replace(self, *, locked: bool = False) -> None:
+        """Finish or roll back a replacement that a crash interrupted (see :meth:`replace_with`).
+
+        Without ``locked`` (any process, no lock taken; ``open`` calls this): only if the store's
+        folder is missing while the intent file and the staged folder exist, rename the staged
+        folder into place (step 3). Readers never delete anything.
+
+        With ``locked=True`` the caller holds the store's writer lock, so no rewrite is under
+        way: after step 3 if needed, delete the intent file (this rolls back a swap that never
+        moved the store), then the staged and old folders and folders moved aside earlier.
+        A folder that cannot be deleted (NFS keeps files another process holds open) is
+        renamed aside, so it never blocks the next swap.
+        """
+        intent, staged, old = (self._sibling(t) for t in ("replace", "rewrite", "old"))
+        if not self.root.exists() and intent.exists() and staged.is_dir():
+            try:
+                os.rename(staged, self.root)
+            except OSError:
+                if not self.root.exists():  # else a concurrent opener finished it for us
+                    raise
+            self._fsync_dir(self.root.parent)
+        if not locked or not self.root.is_dir():
+            return
+        parent = self.root.parent
+        if os.path.lexists(intent):
+            intent.unlink(missing_ok=True)  # first: what is left is garbage from here on
+            self._fsync_dir(parent)
+        aside = re.compile(rf"\.{re.escape(self.root.name)}\.discard-\d+-[0-9a-f]+")
+        leftovers = [p for p in (staged, old) if os.path.lexists(p)]
+        leftovers += [parent / n for n in os.listdir(parent) if aside.fullmatch(n)]
+        for path in leftovers:
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            if os.path.lexists(path) and not aside.fullmatch(path.name):
+                os.rename(path, self._sibling(f"discard-{os.getpid()}-{os.urandom(4).hex()}"))
+        if leftovers:
+            self._fsync_dir(parent)
 
     def _sibling(self, tag: str) -> Path:
         return self.root.parent / f".{self.root.name}.{tag}"
@@ -306,9 +429,35 @@ class LocalBackend:
     def _fsync_dir(directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(fd)
+            _fsync(fd, directory)
         finally:
             os.close(fd)
+
+
+def _fsync(fd: int, path: Path) -> None:
+    """fsync ``fd``; a failure raises :class:`SyncError` naming ``path``."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise SyncError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _regular_size(fd: int, key: str) -> int:
+    """The size of the regular file open at ``fd``; anything else is refused, naming ``key``."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CorruptStoreError(f"refusing {key!r}: it is {kind}", key=key)
+    return st.st_size
+
+
+def _check_private(fd: int, key: str) -> None:
+    """Refuse a file we are about to write in place unless it is a regular file of the store's
+    own: a hard link planted there would make us overwrite a file outside the store."""
+    _regular_size(fd, key)
+    if os.fstat(fd).st_nlink > 1:
+        raise CorruptStoreError(f"refusing {key!r}: it is a hard link to a file that may lie "
+                                "outside the store", key=key)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:
@@ -322,6 +471,9 @@ def _open_no_link(path: Path, flags: int, key: str, mode: int = 0o644) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CorruptStoreError(f"refusing {key!r}: it is a symbolic link", key=key) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a folder, or a FIFO nobody reads
+            raise CorruptStoreError(f"refusing {key!r}: it is not a regular file",
+                                    key=key) from None
         raise
 
 

@@ -241,6 +241,17 @@ def encode_shard(rows: list[bytes | None]) -> bytes:
     return b"".join(r for r in rows if r is not None) + index_bytes + crc_bytes(index_bytes)
 
 
+BLOSC_MAX_OVERHEAD = 32  # blosc adds at most 16 bytes (its header) to incompressible data
+
+
+def max_stored_bytes(codec: Codec, rows: int, row_nbytes: int) -> int:
+    """The most bytes an encoded chunk (or shard) of ``rows`` rows can take: a larger file at
+    its key is not one the writer made, and is refused before it is read."""
+    if codec.per_row:
+        return rows * (row_nbytes + BLOSC_MAX_OVERHEAD + CHECKSUM_BYTES) + shard_index_nbytes(rows)
+    return rows * row_nbytes + BLOSC_MAX_OVERHEAD + CHECKSUM_BYTES
+
+
 def shard_index_nbytes(rows: int) -> int:
     return rows * 16 + CHECKSUM_BYTES
 

@@ -119,12 +119,18 @@ class EpisodeTable:
         """
         self._load_tail(backend)
         blocks = []
-        for block in range(self._tail_base // BLOCK - 1, -1, -1):
+        tail = self._tail[: self.count - self._tail_base]
+        # Episodes are contiguous, so the blocks before one that starts at or before
+        # ``first_row`` hold none of the wanted episodes (a ring's writer deletes them).
+        older = range(self._tail_base // BLOCK - 1, -1, -1)
+        if len(tail) and tail["start"][0] <= first_row:
+            older = range(0)
+        for block in older:
             records = read_block(backend, block)
             blocks.append(records)
-            if records["start"][0] < first_row:
+            if records["start"][0] <= first_row:
                 break
-        table = np.concatenate([*reversed(blocks), self._tail[: self.count - self._tail_base]])
+        table = np.concatenate([*reversed(blocks), tail])
         if not clip:
             return table[table["start"] >= first_row][PUBLIC_FIELDS]
         table = table[table["start"] + table["length"] > first_row]
@@ -134,10 +140,28 @@ class EpisodeTable:
         return table[PUBLIC_FIELDS]
 
 
+def retire_blocks(backend: LocalBackend, table: EpisodeTable, first_row: int,
+                  oldest: int) -> int:
+    """Delete the persisted blocks, from block ``oldest`` on, whose episodes all end at or before
+    global row ``first_row`` (a ring's window start), so that a ring's episode table stays
+    bounded; returns the oldest block kept. The block holding unpersisted records is kept.
+
+    Call it only after a manifest whose window starts at ``first_row`` is durable.
+    """
+    last_full = table.persisted // BLOCK  # blocks below this one are full and final
+    while oldest < last_full:
+        records = read_block(backend, oldest)
+        if int(records["start"][-1] + records["length"][-1]) > first_row:
+            break
+        backend.delete(episode_block_key(oldest))
+        oldest += 1
+    return oldest
+
+
 def read_block(backend: LocalBackend, block: int) -> np.ndarray:
     key = episode_block_key(block)
     try:
-        data = backend.read(key)
+        data = backend.read(key, limit=BLOCK * RECORD.itemsize + CHECKSUM_BYTES)
     except FileNotFoundError:
         raise CorruptStoreError(f"episode block {key!r} is missing", key=key) from None
     payload = data[:-CHECKSUM_BYTES]

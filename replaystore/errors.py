@@ -65,6 +65,20 @@ class StoreReplacedError(StaleReadError):
     """The store was replaced (pruned, compacted or repaired) after this reader opened it."""
 
 
+class SyncError(ReplayStoreError, OSError):
+    """An fsync failed (EIO, ENOSPC, ...); ``filename`` names the file.
+
+    After a failed fsync the kernel may have dropped the pages it could not write, and a
+    second fsync can report success over the lost data, so the writer that saw this refuses
+    every further append and commit: close the store and open it again, which continues from
+    the last commit.
+    """
+
+
+class WriterFailedError(ReplayStoreError, OSError):
+    """The writer saw a failed fsync earlier and can no longer prove its rows durable."""
+
+
 class ClosedError(ReplayStoreError, ValueError):
     """The store was closed."""
 
@@ -81,5 +95,7 @@ __all__ = [
     "StoreExistsError",
     "StoreNotFoundError",
     "StoreReplacedError",
+    "SyncError",
+    "WriterFailedError",
     "WriterLockedError",
 ]

@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 from .codecs import zarr_codecs
+from .errors import CorruptStoreError
 from .schema import Field, Schema
 
 FORMAT_VERSION = 1
@@ -44,8 +45,23 @@ def episode_block_key(block: int) -> str:
     return f"{META}/episodes.{block}"
 
 
+JSON_LIMIT = 4 << 20  # the most bytes a metadata document of a store may hold
+
+
 def dumps(doc: Any) -> bytes:
     return json.dumps(doc, indent=2, sort_keys=True).encode()
+
+
+def loads(raw: bytes, key: str) -> Any:
+    """Parse a metadata document read from ``key``; anything that is not JSON the writer could
+    have made (nesting deep enough to exhaust the stack, a number of thousands of digits, bad
+    UTF-8) raises CorruptStoreError naming the key, never the parser's own error."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        detail = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise CorruptStoreError(f"{key!r} is not a valid JSON document: {detail}",
+                                key=key) from None
 
 
 def group_document(schema: Schema, capacity: int | None) -> dict[str, Any]:

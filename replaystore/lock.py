@@ -2,15 +2,25 @@
 
 The kernel drops the lock when the holder dies, even by SIGKILL, so a crashed writer never
 leaves a store locked; the pid in the file only serves the error message.
+
+A lock belongs to the process that took it. A forked child inherits the descriptor, and with
+it the lock (flock locks belong to the open file, not the process): unlocking it there would
+let a third process open a second writer while the parent still writes. So releasing in any
+other process only closes the child's copy of the descriptor.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from .errors import WriterLockedError
+
+# How long a writer keeps trying while only readers probe the lock (a probe holds a shared
+# lock for microseconds; see holder()).
+_PROBE_WAIT_SECONDS = 1.0
 
 
 class WriterLock:
@@ -19,31 +29,31 @@ class WriterLock:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
+        self._owner = os.getpid()
+
+    @property
+    def owned(self) -> bool:
+        """Whether this process took the lock (False in a forked child)."""
+        return self._fd is not None and os.getpid() == self._owner
 
     @classmethod
-    def acquire(cls, path: Path) -> WriterLock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    def acquire(cls, path: Path, fd: int) -> WriterLock:
+        """Lock the open lock file ``fd`` (at ``path``) exclusively; the lock owns ``fd``."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_pid(fd)
+            _lock_exclusive(fd, path)
+        except BaseException:
             os.close(fd)
-            who = f"process {pid}" if pid else "another process"
-            raise WriterLockedError(
-                f"store {str(path.parent.parent)!r} is being written by {who}; "
-                "a store has one writer at a time (open it with mode='r' to read)", pid=pid
-            ) from None
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)
 
     @staticmethod
-    def holder(path: Path) -> int | None:
-        """The pid holding the lock at ``path``, or None when nobody holds it."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
+    def holder(path: Path, fd: int) -> int | None:
+        """The pid holding the lock on the open lock file ``fd``, or None when nobody holds it.
+
+        Closes ``fd``.
+        """
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,10 +65,42 @@ class WriterLock:
             os.close(fd)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Release the lock (in the process that took it; elsewhere only close our copy)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if os.getpid() == self._owner:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _lock_exclusive(fd: int, path: Path) -> None:
+    """Take the exclusive lock or raise WriterLockedError naming the writer.
+
+    ``holder()`` probes with a short shared lock, which makes an exclusive attempt fail at that
+    instant though no writer exists; such a failure is told apart (a shared lock is then
+    granted) and retried.
+    """
+    deadline = time.monotonic() + _PROBE_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            break  # an exclusive holder: a writer
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.0005)
+    pid = _read_pid(fd)
+    who = f"process {pid}" if pid else "another process"
+    raise WriterLockedError(
+        f"store {str(path.parent.parent)!r} is being written by {who}; "
+        "a store has one writer at a time (open it with mode='r' to read)", pid=pid)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -10,7 +10,6 @@ so chunk files may hold uncommitted rows without harm.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 from .backend import LocalBackend
 from .codecs import crc_bytes
 from .errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
-from .layout import FORMAT_VERSION, MANIFEST, dumps
+from .layout import FORMAT_VERSION, JSON_LIMIT, MANIFEST, dumps, loads
 
 MAX_ROWS = 1 << 48
 
@@ -54,6 +53,13 @@ class Manifest:
                 and self.end - self.start <= self.capacity):
             raise CorruptStoreError(f"manifest window [{self.start}, {self.end}) does not fit "
                                     f"capacity {self.capacity}", key=MANIFEST)
+        if self.open_episode is not None:
+            # Its consistency with the rows is verify's to check; only its types here.
+            first, length, total = self.open_episode
+            if not (type(first) is int and type(length) is int and 0 <= first <= MAX_ROWS
+                    and 0 < length <= MAX_ROWS and isinstance(total, float)):
+                raise CorruptStoreError(f"manifest's episode in progress {self.open_episode} "
+                                        "is malformed", key=MANIFEST)
         problem = _state_problem(self.state)
         if problem:
             raise CorruptStoreError(f"manifest state is malformed: {problem}", key=MANIFEST)
@@ -105,7 +111,7 @@ class Manifest:
             if episode is not None:
                 values["open_episode"] = (int(episode[0]), int(episode[1]), float(episode[2]))
             return cls(**values)
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:
             raise CorruptStoreError(f"malformed manifest: {exc}", key=MANIFEST) from None
 
 
@@ -136,20 +142,23 @@ def _state_problem(state: Any) -> str | None:
 def load_manifest(backend: LocalBackend) -> Manifest:
     """Read the last committed manifest."""
     try:
-        raw = backend.read(MANIFEST)
+        raw = backend.read(MANIFEST, limit=JSON_LIMIT)
     except FileNotFoundError:
         raise StoreNotFoundError(f"no replay store at {str(backend.root)!r} "
                                  f"({MANIFEST} is missing)") from None
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptStoreError(f"manifest {MANIFEST!r} is not valid JSON: {exc}",
-                                key=MANIFEST) from None
+    doc = loads(raw, MANIFEST)
     stored = doc.pop("crc32c", None) if isinstance(doc, dict) else None
-    manifest = Manifest.from_json(doc)  # a newer format version is reported as such first
-    if stored is not None and stored != _checksum(doc):  # older manifests have none
+    damaged = stored is not None and stored != _checksum(doc)  # older manifests have none
+    try:
+        manifest = Manifest.from_json(doc)  # a newer format version is reported as such first
+    except CorruptStoreError:
+        if not damaged:
+            raise
+        manifest = None  # the checksum explains it
+    if damaged:
         raise CorruptStoreError(f"manifest {MANIFEST!r} fails its crc32c checksum",
                                 key=MANIFEST)
+    assert manifest is not None
     return manifest
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import LocalBackend
 from .cache import ChunkPool, ShardCache
-from .codecs import decode_chunk
+from .codecs import decode_chunk, max_stored_bytes
 from .errors import CorruptChunkError, StaleReadError, StoreReplacedError
 from .layout import chunk_key
 from .manifest import Manifest, load_manifest
@@ -105,7 +105,8 @@ class Reader:
     def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
         key = chunk_key(field, chunk)
         try:
-            data = self.backend.read(key)
+            data = self.backend.read(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
+                                                                 field.row_nbytes))
         except FileNotFoundError:
             self.check_identity()
             raise CorruptChunkError(f"chunk file {key!r} of field {field.name!r} is missing "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from . import frames, priority
 from .backend import LocalBackend
+from .codecs import decode_chunk, max_stored_bytes, parse_shard
 from .commitstate import CommitState
 from .episodes import EpisodeTable
 from .errors import (
@@ -20,12 +20,14 @@ from .errors import (
     FormatVersionError,
     ReadOnlyError,
     SchemaError,
+    StaleReadError,
     StoreExistsError,
     StoreNotFoundError,
 )
 from .layout import (
     FORMAT_VERSION,
     GROUP,
+    JSON_LIMIT,
     LOCK,
     MANIFEST,
     META_GROUP,
@@ -34,10 +36,11 @@ from .layout import (
     chunk_key,
     dumps,
     group_document,
+    loads,
     meta_group_document,
 )
 from .lock import WriterLock
-from .manifest import Manifest, commit_manifest, load_manifest
+from .manifest import MAX_ROWS, Manifest, commit_manifest, load_manifest
 from .priority import PriorityIndex
 from .reader import Reader
 from .schema import FieldSpec, Schema
@@ -80,6 +83,7 @@ class Store:
         self.schema = schema
         self.mode = mode
         self._lock = lock
+        self._cache_bytes = cache_bytes
         self._reader = Reader(backend, schema, manifest, cache_bytes)
         self._state = CommitState(backend, self._reader, writable=mode == "a")
         self._writer: Writer | None = None
@@ -138,6 +142,10 @@ class Store:
         if self._writer is None:
             raise ReadOnlyError(f"store {str(self.path)!r} is open for reading; "
                                 "open it with mode='a' to append")
+        if self._lock is not None and not self._lock.owned:
+            raise ReadOnlyError(f"store {str(self.path)!r} was opened for writing by another "
+                                f"process (this one, {os.getpid()}, was forked from it); a "
+                                "store has one writer: open it with mode='r' here to read")
         return self._writer
 
     def append(self, row: Mapping[str, Any] | None = None, /, **values: Any) -> None:
@@ -213,16 +221,29 @@ class Store:
         """Finished episodes still fully stored: a structured array with fields
         ``start`` (global row number of the first step), ``length``, ``return``,
         ``terminated`` and ``truncated``. ``start % capacity`` is its first slot in a ring."""
-        m = self._reader.manifest
-        table = EpisodeTable(m.episodes, m.open_episode)
-        return table.finished(self._backend, m.start)
+        return self.episode_table()
 
     def episode_table(self, *, clip: bool = False) -> np.ndarray:
         """Like :attr:`episodes`; with ``clip``, also the oldest episode's surviving rows when
-        the ring overwrote its beginning."""
+        the ring overwrote its beginning.
+
+        Raises StoreReplacedError when the store was pruned, compacted or repaired since this
+        reader opened it (the episode blocks then describe other rows).
+        """
+        self._require_open()
         m = self._reader.manifest
-        return EpisodeTable(m.episodes, m.open_episode).finished(self._backend, m.start,
-                                                                 clip=clip)
+        try:
+            table = EpisodeTable(m.episodes, m.open_episode).finished(self._backend, m.start,
+                                                                      clip=clip)
+        except CorruptStoreError:
+            self._reader.check_identity()  # a replaced store, rather than a damaged one
+            if m.capacity is not None and load_manifest(self._backend).start > m.start:
+                raise StaleReadError(
+                    "the ring writer has moved past this reader's snapshot and retired the "
+                    "episode records it named; call refresh() and read again") from None
+            raise
+        self._reader.check_identity()  # after the read: a replacement before it is caught
+        return table
 
     def episode_segments(self) -> tuple[np.ndarray, np.ndarray]:
         """(first global row, length) of each run of committed rows within one episode, oldest
@@ -283,11 +304,16 @@ class Store:
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the writer lock; uncommitted rows are discarded (call commit() first)."""
+        """Release the writer lock; uncommitted rows are discarded (call commit() first).
+
+        In a process forked from the writer's, closing only drops this copy: the lock and the
+        priority index stay the writer's.
+        """
         if self._closed:
             return
         try:
-            self._state.close()
+            if self._lock is None or self._lock.owned:
+                self._state.close()
         finally:  # a failed index write (disk full) must not leave the store locked
             if self._lock is not None:
                 self._lock.release()
@@ -307,6 +333,16 @@ class Store:
     def __del__(self) -> None:
         if getattr(self, "_lock", None) is not None:
             self._lock.release()  # type: ignore[union-attr]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """A store pickles as a *reader* of the same path: a writer is never duplicated (its
+        lock and uncommitted rows stay in the process that opened it). Unpickling opens the
+        store's newest commit with ``mode="r"``."""
+        return _open_reader, (os.path.abspath(self.path), self._cache_bytes)
+
+
+def _open_reader(path: str, cache_bytes: int) -> Store:
+    return open(path, "r", cache_bytes=cache_bytes)
 
 
 def as_slots(indices: Any) -> np.ndarray:
@@ -355,8 +391,11 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
     ('obs', 'action', 'next_obs', 'reward', 'terminated', 'truncated')
     """
     schema = Schema.from_fields(fields)
-    if capacity is not None and (not isinstance(capacity, int | np.integer) or capacity <= 0):
-        raise SchemaError(f"capacity must be a positive integer or None, got {capacity!r}")
+    if capacity is not None and (not isinstance(capacity, int | np.integer)
+                                 or isinstance(capacity, bool | np.bool_)
+                                 or not 0 < capacity <= MAX_ROWS):
+        raise SchemaError(f"capacity must be a positive integer up to {MAX_ROWS:,} (2**48) or "
+                          f"None, got {capacity!r}")
     capacity = None if capacity is None else int(capacity)
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
     backend = LocalBackend(path)
@@ -367,7 +406,14 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
         if not any(backend.exists(key) for key in (MANIFEST, GROUP, LOCK)):
             raise StoreExistsError(f"refusing to overwrite {str(path)!r}: it holds files but "
                                    "no replay store")
-        backend.destroy()
+        # The old store's writer lock first (WriterLockedError while a writer is live), held
+        # until its folder has been moved out of the way in one rename.
+        old_lock = backend.lock(LOCK)
+        try:
+            backend.discard()
+        finally:
+            old_lock.release()
+    made = not backend.root.exists()
     backend.make_container()
     lock = backend.lock(LOCK)
     try:
@@ -378,6 +424,8 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
         backend.sync([GROUP, META_GROUP, *(array_key(f.name) for f in schema)])
         manifest = commit_manifest(backend, Manifest(schema.hash, capacity))
     except BaseException:
+        if made:  # never leave a half-created store behind (a full disk, an interrupt)
+            backend.destroy()
         lock.release()
         raise
     return Store(backend, schema, manifest, mode="a", cache_bytes=cache_bytes, lock=lock,
@@ -432,7 +480,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
 
 def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
     try:
-        doc = json.loads(backend.read(GROUP))
+        doc = loads(backend.read(GROUP, limit=JSON_LIMIT), GROUP)
         meta = doc["attributes"]["replaystore"]
     except FileNotFoundError:
         raise CorruptStoreError(f"store {str(backend.root)!r} has no {GROUP}", key=GROUP) from None
@@ -471,9 +519,20 @@ def _check_newest_row(backend: LocalBackend, schema: Schema, manifest: Manifest)
     slot = int(manifest.slot_of(np.int64(manifest.end - 1)))
     for field in schema:
         key = chunk_key(field, slot // field.chunk_rows)
-        if not backend.exists(key):
+        try:
+            data = backend.read(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
+                                                            field.row_nbytes))
+            # Decoded, not just found: an empty file planted there must not pass.
+            if field.codec.per_row:
+                parse_shard(data, field.chunk_rows, field.row_nbytes, key=key, field=field.name)
+            else:
+                decode_chunk(field.codec, data,
+                             np.empty((field.chunk_rows, *field.shape), field.dtype),
+                             key=key, field=field.name)
+        except (FileNotFoundError, CorruptStoreError):
             raise CorruptStoreError(f"the manifest claims {manifest.end:,} rows, but {key!r}, "
-                                    f"which would hold the newest, is missing", key=MANIFEST)
+                                    f"which would hold the newest, is missing or unreadable",
+                                    key=MANIFEST) from None
 
 
 def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:

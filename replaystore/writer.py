@@ -12,16 +12,25 @@ committed rows is written, the committed window is shrunk past them with a manif
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
 from .backend import LocalBackend
-from .codecs import decode_chunk, encode_chunk, encode_row, encode_shard, parse_shard
-from .episodes import EpisodeTable
-from .errors import CorruptChunkError
-from .layout import array_document, array_key, chunk_key, dumps
+from .codecs import (
+    decode_chunk,
+    encode_chunk,
+    encode_row,
+    encode_shard,
+    max_stored_bytes,
+    parse_shard,
+)
+from .episodes import EpisodeTable, retire_blocks
+from .errors import CorruptChunkError, CorruptStoreError, SyncError, WriterFailedError
+from .layout import META, array_document, array_key, chunk_key, dumps, episode_block_key
 from .manifest import Manifest, commit_manifest
 from .schema import Field, Schema
 
@@ -58,9 +67,12 @@ class _FieldBuffer:
         self.stale[:] = False
         key = chunk_key(self.field, chunk)
         try:
-            data = backend.read(key)
+            data = backend.read(key, limit=max_stored_bytes(self.field.codec, self.rows,
+                                                            self.field.row_nbytes))
         except FileNotFoundError:
             return
+        except CorruptStoreError:
+            return  # not a chunk the writer made (verify names it): start the chunk afresh
         try:
             if self.field.codec.per_row:
                 offsets, lengths = parse_shard(data, self.rows, self.field.row_nbytes, key=key,
@@ -82,6 +94,14 @@ class _FieldBuffer:
             self.encoded[i] = encode_row(self.field.codec, self.buffer[i]) if self.keep[i] else None
         self.stale[:] = False
         return encode_shard(self.encoded)
+
+
+def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, whether two arrays of rows differ in any byte (NaN payloads and -0.0 count)."""
+    n = len(a)
+    a = np.ascontiguousarray(a).reshape(n, -1).view(np.uint8)
+    b = np.ascontiguousarray(b).reshape(n, -1).view(np.uint8)
+    return np.any(a != b, axis=1)
 
 
 class PublishHooks(Protocol):
@@ -114,6 +134,8 @@ class Writer:
         self._unsynced: set[str] = set()
         self._last_commit = time.monotonic()
         self._extent_written = -1
+        self._failed: SyncError | None = None
+        self._oldest_block: int | None = None  # oldest episode block on disk (None: unknown)
 
     @property
     def pending(self) -> int:
@@ -125,47 +147,98 @@ class Writer:
 
     def append(self, values: list[np.ndarray]) -> None:
         """Append one validated row (values in schema order)."""
-        row = self.position
-        slot = self.slot(row)
-        done = bool(values[self._terminated]) or bool(values[self._truncated])
-        for buf, value in zip(self._fields, values, strict=True):
-            if not buf.base <= slot < buf.end:
-                self._switch(buf, slot)
-            i = slot - buf.base
-            buf.buffer[i] = value
-            buf.stale[i] = True
-            if buf.field.next_of is not None:
-                buf.keep[i] = done
-            buf.newest, buf.dirty = row, True
-            if slot + 1 == buf.end:
-                self._flush(buf)
-        self.position = row + 1
-        self.episodes.observe_one(row, float(values[self._reward]),
-                                  bool(values[self._terminated]), bool(values[self._truncated]))
-        self._maybe_autocommit()
+        with self._failing():
+            row = self.position
+            slot = self.slot(row)
+            done = bool(values[self._terminated]) or bool(values[self._truncated])
+            for buf, value in zip(self._fields, values, strict=True):
+                if buf.field.next_of is not None:
+                    self._check_previous(buf, values)
+                if not buf.base <= slot < buf.end:
+                    self._switch(buf, slot)
+                i = slot - buf.base
+                buf.buffer[i] = value
+                buf.stale[i] = True
+                if buf.field.next_of is not None:
+                    buf.keep[i] = done
+                buf.newest, buf.dirty = row, True
+                if slot + 1 == buf.end:
+                    self._flush(buf)
+            self.position = row + 1
+            self.episodes.observe_one(row, float(values[self._reward]),
+                                      bool(values[self._terminated]),
+                                      bool(values[self._truncated]))
+            self._maybe_autocommit()
 
     def extend(self, values: list[np.ndarray], count: int) -> None:
         """Append ``count`` validated rows (arrays in schema order, leading axis = rows)."""
-        first = self.position
-        ends = values[self._terminated] | values[self._truncated]
-        copied = 0
-        while copied < count:
-            slot = self.slot(first + copied)
-            # Rows until the ring wraps; each field then splits the run at its chunk ends.
-            run = count - copied
-            if self.capacity is not None:
-                run = min(run, self.capacity - slot)
-            part = slice(copied, copied + run)
-            for buf, array in zip(self._fields, values, strict=True):
-                self._copy_run(buf, array[part], ends[part], first + copied, slot)
-            copied += run
-        self.position = first + count
-        self.episodes.observe(first, values[self._reward], values[self._terminated],
-                              values[self._truncated])
-        self._maybe_autocommit()
+        with self._failing():
+            first = self.position
+            ends = values[self._terminated] | values[self._truncated]
+            keeps = {i: self._next_kept(buf, values, ends) for i, buf in enumerate(self._fields)
+                     if buf.field.next_of is not None}
+            copied = 0
+            while copied < count:
+                slot = self.slot(first + copied)
+                # Rows until the ring wraps; each field then splits the run at its chunk ends.
+                run = count - copied
+                if self.capacity is not None:
+                    run = min(run, self.capacity - slot)
+                part = slice(copied, copied + run)
+                for i, (buf, array) in enumerate(zip(self._fields, values, strict=True)):
+                    keep = keeps.get(i)
+                    self._copy_run(buf, array[part], None if keep is None else keep[part],
+                                   first + copied, slot)
+                copied += run
+            self.position = first + count
+            self.episodes.observe(first, values[self._reward], values[self._terminated],
+                                  values[self._truncated])
+            self._maybe_autocommit()
 
-    def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, ends: np.ndarray, first_row: int,
-                  slot: int) -> None:
+    def _next_kept(self, buf: _FieldBuffer, values: list[np.ndarray],
+                   ends: np.ndarray) -> np.ndarray:
+        """Which new rows of a ``next_of`` field must be stored: episode ends, and rows whose
+        given value is not the following row's target value (which is what a read would
+        return in its place), so that no given value is ever returned differently.
+
+        The row appended before these is checked too: it is still in the field's buffer (a
+        buffer's newest row is always stored when the buffer is written; see _flush).
+        """
+        source = values[self.schema.names.index(buf.field.next_of)]
+        given = values[self._fields.index(buf)]
+        keep = ends.copy()
+        if len(given) > 1:
+            keep[:-1] |= _rows_differ(given[:-1], source[1:])
+        self._check_previous(buf, [v[0] for v in values])
+        return keep
+
+    def _check_previous(self, buf: _FieldBuffer, row: list[np.ndarray]) -> None:
+        """Store the previous row's given value of ``next_of`` field ``buf`` where the new
+        ``row`` (values in schema order) does not continue it."""
+        previous = self.slot(self.position - 1) if self.position else -1
+        if buf.base <= previous < buf.end:
+            i = previous - buf.base
+            source = np.asarray(row[self.schema.names.index(buf.field.next_of)])
+            if not buf.keep[i] and _rows_differ(buf.buffer[i:i + 1], source[None])[0]:
+                buf.keep[i] = buf.stale[i] = buf.dirty = True
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Refuse to go on after a failed fsync: the kernel may have dropped pages that this
+        writer no longer holds, and a later fsync would report success over them."""
+        if self._failed is not None:
+            raise WriterFailedError(
+                f"this writer cannot commit any more: {self._failed}; the rows appended since "
+                "the last commit may be lost. Close the store and open it again to continue "
+                "from the last commit") from self._failed
+        try:
+            yield
+        except SyncError as exc:
+            self._failed = exc
+            raise
+
+    def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, keep: np.ndarray | None,
+                  first_row: int, slot: int) -> None:
         k = 0
         while k < len(rows):
             if not buf.base <= slot + k < buf.end:
@@ -174,8 +247,8 @@ class Writer:
             n = min(len(rows) - k, buf.end - (slot + k))
             buf.buffer[i:i + n] = rows[k:k + n]
             buf.stale[i:i + n] = True
-            if buf.field.next_of is not None:
-                buf.keep[i:i + n] = ends[k:k + n]
+            if keep is not None:
+                buf.keep[i:i + n] = keep[k:k + n]
             buf.newest, buf.dirty = first_row + k + n - 1, True
             k += n
             if slot + k == buf.end:
@@ -189,6 +262,11 @@ class Writer:
     def _flush(self, buf: _FieldBuffer) -> None:
         if not buf.dirty:
             return
+        if buf.field.next_of is not None:
+            # The newest row's successor is not in this buffer (it comes later, or goes to
+            # another chunk): keep its given value, which a read returns while it is stored.
+            i = self.slot(buf.newest) - buf.base
+            buf.keep[i] = buf.stale[i] = True
         self._guard(buf.newest)
         key = chunk_key(buf.field, buf.chunk)
         self.backend.write(key, buf.encode())
@@ -211,13 +289,11 @@ class Writer:
 
     def commit(self) -> Manifest:
         """Make every appended row durable and visible; returns the new manifest."""
+        with self._failing():
+            return self._commit()
+
+    def _commit(self) -> Manifest:
         self._guard(self.position - 1)  # one shrink for all the flushes below
-        newest = self.slot(self.position - 1)
-        for buf in self._fields:
-            # The newest row's successor is not stored yet: keep its next_of value for now.
-            if buf.field.next_of is not None and buf.base <= newest < buf.end and self.pending:
-                buf.keep[newest - buf.base] = buf.stale[newest - buf.base] = True
-                buf.dirty = True
         for buf in self._fields:
             self._flush(buf)
         self._unsynced.update(self.episodes.persist(self.backend))
@@ -231,7 +307,19 @@ class Writer:
             open_episode=self.episodes.open_episode), full=True)
         self._last_commit = time.monotonic()
         self.sync_array_shapes()
+        if self.capacity is not None:
+            self._retire_episode_blocks()
         return self.manifest
+
+    def _retire_episode_blocks(self) -> None:
+        """Delete episode blocks the ring has left behind: without this a ring's disk use grows
+        with every episode it ever saw."""
+        if self._oldest_block is None:
+            numbers = [int(key.rsplit(".", 1)[1]) for key in self.backend.list(META)
+                       if key.rsplit(".", 1)[0] == episode_block_key(0).rsplit(".", 1)[0]]
+            self._oldest_block = min(numbers, default=0)
+        self._oldest_block = retire_blocks(self.backend, self.episodes, self.manifest.start,
+                                           self._oldest_block)
 
     def _publish(self, manifest: Manifest, *, full: bool = False) -> None:
         """Replace the manifest; ``full`` for a commit (not a ring guard's shrink)."""

@@ -98,12 +98,43 @@ def test_next_obs_is_stored_only_at_episode_ends(tmp_path):
     store = rs.create(tmp_path / "s", fields)
     n = 4000
     done = np.arange(n) % 100 == 99
-    store.extend({"obs": np.random.default_rng(0).integers(0, 255, (n, 32, 32), np.uint8),
-                  "next_obs": np.zeros((n, 32, 32), np.uint8), "reward": np.zeros(n),
+    frames = np.random.default_rng(0).integers(0, 255, (n + 1, 32, 32), np.uint8)
+    store.extend({"obs": frames[:-1], "next_obs": frames[1:], "reward": np.zeros(n),
                   "terminated": done, "truncated": np.zeros(n, bool)})
     store.commit()
     sizes = {f["name"]: f["disk_bytes"] for f in rs.summarize(store)["fields"]}
     assert sizes["next_obs"] < sizes["obs"] / 20  # 40 stored frames and the shard index
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_given_next_obs_is_never_returned_differently(tmp_path, batched):
+    """Rows of two environments appended alternately, each with its own next_obs: the next_obs
+    of a row is not the obs of the row after it, so it must be stored, not derived."""
+    fields = {"obs": {"shape": (4,), "dtype": "float32", "codec": "lz4hc:5/rows",
+                      "chunk_rows": 16}, "next_obs": {"next_of": "obs"}}
+    path = tmp_path / "s"
+    store = rs.create(path, fields)
+    rng = np.random.default_rng(1)
+    n, envs = 101, 2
+    streams = rng.normal(size=(envs, n + 1, 4)).astype(np.float32)
+    rows = [(streams[e, t], streams[e, t + 1], t % 10 == 9 and e == 0)
+            for t in range(n) for e in range(envs)]
+    batch = {"obs": np.stack([r[0] for r in rows]), "next_obs": np.stack([r[1] for r in rows]),
+             "reward": np.zeros(len(rows)), "terminated": np.array([r[2] for r in rows]),
+             "truncated": np.zeros(len(rows), bool)}
+    for part in np.array_split(np.arange(len(rows)), 7):
+        if batched:
+            store.extend({k: v[part] for k, v in batch.items()})
+        else:
+            for i in part:
+                store.append({k: v[i] for k, v in batch.items()})
+        if part[0] % 3 == 0:
+            store.commit()
+    store.commit()
+    store.close()
+    got = rs.open(path).get(np.arange(len(rows)))
+    np.testing.assert_array_equal(got["obs"], batch["obs"])
+    np.testing.assert_array_equal(got["next_obs"], batch["next_obs"])
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
+import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from rel_common import GIB, ROOT, build_store, run_python, snapshot
 
 import replaystore as rs
 from replaystore.codecs import crc_bytes
-from replaystore.layout import MANIFEST
+from replaystore.layout import MANIFEST, chunk_key
 from replaystore.priority import HEADER
 from replaystore.schema import Schema
 
@@ -39,7 +41,7 @@ TREE = "_replaystore/priority-65536.tree"
 
 # The child: for each case, run the named operations and record "ok" or the exception.
 PROBE = r"""
-import json, sys, traceback
+import json, signal, sys, traceback
 sys.path.insert(0, sys.argv[2])
 import numpy as np
 import replaystore as rs
@@ -82,16 +84,23 @@ def import_npz(path):
 OPS = {"open": lambda p: rs.open(p).close(), "read": read, "episodes": episodes,
        "verify": verify, "write": write, "priority": priority, "sampler": sampler,
        "import": import_npz}
+def hung(signum, frame):
+    raise TimeoutError("hung for 20 s")
+
+signal.signal(signal.SIGALRM, hung)
 results = {}
 for name, (path, ops) in json.loads(sys.argv[1]).items():
     outcome = {}
     for op in ops:
+        signal.alarm(20)  # a FIFO planted in a store must not hang the probe
         try:
             outcome[op] = OPS[op](path) or "ok"
         except BaseException as exc:
             outcome[op] = {"mro": [c.__name__ for c in type(exc).__mro__],
                            "message": str(exc)[:300],
                            "key": getattr(exc, "key", None)}
+        finally:
+            signal.alarm(0)
     results[name] = outcome
 print(json.dumps(results))
 """
@@ -215,6 +224,59 @@ def huge_npy_header() -> bytes:
     return buffer.getvalue() + bytes(64)
 
 
+# -- special files planted in place of store files ---------------------------------------------
+
+UNDO = "_replaystore/priority.undo"
+LOCK = "_replaystore/writer.lock"
+EPISODES = "_replaystore/episodes.0"
+
+
+def planted(key: str, kind: str) -> Callable[[Path], None]:
+    """Replace the file at ``key`` by a FIFO, a 3 GiB sparse file, a /dev/zero node, a folder
+    or a hard link to a file outside the store."""
+    def mutate(path: Path) -> None:
+        target = path / key
+        if kind == "sparse":
+            with open(target, "r+b") as f:
+                f.truncate(3 << 30)
+            return
+        content = target.read_bytes()
+        target.unlink()
+        if kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "devzero":
+            os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        elif kind == "folder":
+            target.mkdir()
+        elif kind == "hardlink":
+            outside = path.parent / "outside.bin"
+            outside.write_bytes(content or b"precious")
+            os.link(outside, target)
+    return mutate
+
+
+def manifest_text(pattern: str, replacement: str) -> Callable[[Path], None]:
+    """Edit the manifest as text (for what json.dumps cannot write), dropping its checksum."""
+    def mutate(path: Path) -> None:
+        text = re.sub(r'\s*"crc32c": "[0-9a-f]+",?', "", (path / MANIFEST).read_text())
+        edited = re.sub(pattern, replacement, text, count=1)
+        assert edited != text, pattern
+        (path / MANIFEST).write_text(edited)
+    return mutate
+
+
+def deep_manifest(path: Path) -> None:
+    (path / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)
+
+
+def empty_newest_chunks(path: Path) -> None:
+    """A manifest claiming 2^40 rows, with an empty file where each field's newest chunk is."""
+    manifest_edit(end=1 << 40)(path)
+    meta = json.loads((path / "zarr.json").read_text())["attributes"]["replaystore"]
+    for field in Schema.from_json(meta["schema"]):
+        (path / chunk_key(field, ((1 << 40) - 1) // field.chunk_rows)).write_bytes(b"")
+
+
 CASES: dict[str, Case] = {
     # -- schema (zarr.json attributes) --------------------------------------------------------
     "shape-2^31-squared": Case(field_edit(0, shape=[1 << 31, 1 << 31])),
@@ -296,6 +358,22 @@ CASES: dict[str, Case] = {
     "npz-object-priority": Case(npz_with(_priority=np.array([Pickled(), Pickled()],
                                                             dtype=object)), ("import",)),
     "npz-priority-header-1TiB": Case(npz_with(_priority=huge_npy_header()), ("import",)),
+    # -- special files in place of store files, crafted JSON (the defects issue) -------------
+    **{f"{kind}-at-{key.replace('/', ':')}": Case(planted(key, kind), ops)
+       for kind in ("fifo", "sparse", "devzero", "folder")
+       for key, ops in ((MANIFEST, ("open", "verify")), ("zarr.json", ("open", "verify")),
+                        ("obs/c.0.0", ("read", "verify")), ("frame/c.0.0.0", ("read", "verify")),
+                        (EPISODES, ("episodes", "verify")), (HEADER, ("priority", "verify")),
+                        (TREE, ("priority", "verify", "write")), (UNDO, ("write",)),
+                        (LOCK, ("write",)))
+       if (kind, key) != ("sparse", LOCK)},  # a lock file's size means nothing
+    "hardlink-at-_replaystore:writer.lock": Case(planted(LOCK, "hardlink"), ("write",)),
+    "hardlink-at-_replaystore:priority.undo": Case(planted(UNDO, "hardlink"), ("write",)),
+    "end-2^40-empty-newest-chunks": Case(empty_newest_chunks),
+    "manifest-nested-200000-deep": Case(deep_manifest),
+    "manifest-5000-digit-end": Case(manifest_text(r'"end": \d+', '"end": ' + "9" * 5000)),
+    "manifest-open-episode-infinity": Case(manifest_text(
+        r'"open_episode": (null|\[[^\]]*\])', '"open_episode": [0, Infinity, 0.0]')),
 }
 
 
@@ -527,3 +605,29 @@ def test_npz_pickled_metadata_is_refused(probed: dict[str, Probed], name: str) -
 
 def test_npz_priority_with_a_huge_header_is_refused(probed: dict[str, Probed]) -> None:
     assert refused(probed["npz-priority-header-1TiB"].outcome["import"], "TransferError")
+
+
+# -- special files and crafted JSON (the defects issue) --------------------------------------------
+
+SPECIAL = [name for name in CASES if name.split("-at-")[0] in ("fifo", "sparse", "devzero",
+                                                              "folder", "hardlink")]
+
+
+@pytest.mark.parametrize("name", SPECIAL)
+def test_special_file_in_place_of_a_store_file_is_refused(probed: dict[str, Probed],
+                                                           name: str) -> None:
+    """A FIFO (which would block open forever), a huge sparse file or a /dev/zero node (read
+    whole: gigabytes), a folder, or a hard link to an outside file (written through) in place
+    of a store file: refused at once with CorruptStoreError naming the key."""
+    case = probed[name]
+    key = name.split("-at-", 1)[1].replace(":", "/")
+    check_refused(case, key=key)
+
+
+@pytest.mark.parametrize("name", ["end-2^40-empty-newest-chunks", "manifest-nested-200000-deep",
+                                  "manifest-5000-digit-end", "manifest-open-episode-infinity"])
+def test_crafted_manifest_json_is_refused(probed: dict[str, Probed], name: str) -> None:
+    """Past the row-count guard with empty files where the newest chunks would be; JSON that
+    makes the parser recurse, refuse a huge integer or overflow an int(): each a
+    CorruptStoreError naming the manifest, never the parser's own error or an allocation."""
+    check_refused(probed[name], key=MANIFEST)
