@@ -297,3 +297,42 @@ def test_small_fields_beside_frames_keep_their_chunks_decoded(tmp_path):
         reader.get(rng.integers(0, 3000, 64))
     assert loads == [0]  # decoded once, then served from the pool
     assert reader.cached_bytes <= 64 << 20
+
+
+# -- the defects issue ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capacity", [True, False, 0, -1, 1.5, "10", 2**60, np.int64(2**49)])
+def test_bad_capacity_is_refused_before_anything_is_made(tmp_path, capacity):
+    path = tmp_path / "s"
+    with pytest.raises(rs.SchemaError, match="capacity"):
+        rs.create(path, {"obs": ((4,), "float32")}, capacity=capacity)
+    assert not path.exists()
+
+
+def test_a_ring_keeps_its_episode_table_bounded(tmp_path):
+    """The episode table kept every finished episode a ring ever saw: 30 MiB for 2M rows into a
+    1,000-row ring. Blocks whose episodes all left the window are deleted at commit."""
+    path = tmp_path / "ring"
+    store = rs.create(path, {"obs": ((2,), "float32")}, capacity=1000)
+    n = 50_000
+    for _ in range(6):
+        g = store.manifest.end + np.arange(n)
+        store.extend({"obs": np.stack([g, -g], 1).astype(np.float32),
+                      "reward": np.ones(n, np.float32), "terminated": g % 3 == 2,
+                      "truncated": np.zeros(n, bool)})
+        store.commit()
+    blocks = sorted((path / "_replaystore").glob("episodes.*"))
+    assert len(blocks) <= 2, blocks
+    m = store.manifest
+    ends = np.array([g for g in range(m.start, m.end) if g % 3 == 2])
+    starts = np.concatenate(([m.start], ends[:-1] + 1))
+    table = store.episode_table(clip=True)
+    np.testing.assert_array_equal(table["start"], starts)
+    np.testing.assert_array_equal(table["length"], ends - starts + 1)
+    np.testing.assert_array_equal(table["return"][1:], 3.0)
+    store.close()
+    with rs.open(path) as reader:
+        np.testing.assert_array_equal(reader.episodes, rs.open(path).episodes)
+        assert len(reader.episodes) == 333
+    assert rs.verify(path).ok

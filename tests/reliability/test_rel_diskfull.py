@@ -331,3 +331,47 @@ def test_full_file_system_with_a_priority_index(tmp_path: Path) -> None:
     assert "exit=0" in proc.stdout, proc.stdout + proc.stderr  # was exit=135: SIGBUS
     assert out["error"]["errno"] == errno.ENOSPC and out["verified"] is True, out
     assert check_content(copy).end == out["committed"]
+
+
+# -- a failed fsync (the defects issue) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing_call", [0, 1, 2, 3])
+def test_a_failed_fsync_stops_the_writer_until_reopened(tmp_path, monkeypatch, failing_call):
+    """After fsync fails (EIO, ENOSPC) the kernel may have dropped the dirty pages, and a second
+    fsync on a new descriptor reports success: a retried commit used to publish a manifest over
+    rows that never reached the disk. The writer must refuse every later append and commit,
+    and a reopened store continue from the last commit."""
+    path = tmp_path / "s"
+    fields = {"obs": {"shape": (4,), "dtype": "float32", "chunk_rows": 64},
+              "frame": {"shape": (8, 8), "dtype": "uint8", "chunk_rows": 32}}
+    store = rs.create(path, fields)
+    batch = {"obs": np.arange(400, dtype=np.float32).reshape(100, 4),
+             "frame": np.arange(6400).astype(np.uint8).reshape(100, 8, 8),
+             "reward": np.ones(100, np.float32), "terminated": np.arange(100) % 9 == 8,
+             "truncated": np.zeros(100, bool)}
+    store.extend(batch)
+    store.commit()
+    store.extend(batch)  # rows 100..199: chunks filled and flushed, then committed
+    real, calls = os.fsync, []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > failing_call:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(rs.SyncError) as info:
+        store.commit()
+    assert info.value.errno == errno.EIO and str(path) in str(info.value.filename)
+    monkeypatch.setattr(os, "fsync", real)  # the "device" works again: a retry would pass
+    with pytest.raises(rs.WriterFailedError, match="open it again"):
+        store.commit()
+    with pytest.raises(rs.WriterFailedError):
+        store.extend(batch)
+    store.close()
+    with rs.open(path, "a") as again:
+        assert len(again) == 100  # the last commit; rows 100..199 are gone, none half-kept
+        again.extend(batch)
+    assert len(rs.open(path)) == 200 and rs.verify(path).ok
