@@ -255,6 +255,15 @@ def planted(key: str, kind: str) -> Callable[[Path], None]:
     return mutate
 
 
+def tree_symlink_before_create(path: Path) -> None:
+    """No index yet, and a symbolic link to an outside file where the tree will be made."""
+    for key in (HEADER, TREE, UNDO):
+        (path / key).unlink()
+    outside = path.parent / "outside.bin"
+    outside.write_bytes(b"precious" * 1000)
+    os.symlink(outside, path / TREE)
+
+
 def manifest_text(pattern: str, replacement: str) -> Callable[[Path], None]:
     """Edit the manifest as text (for what json.dumps cannot write), dropping its checksum."""
     def mutate(path: Path) -> None:
@@ -369,6 +378,7 @@ CASES: dict[str, Case] = {
        if (kind, key) != ("sparse", LOCK)},  # a lock file's size means nothing
     "hardlink-at-_replaystore:writer.lock": Case(planted(LOCK, "hardlink"), ("write",)),
     "hardlink-at-_replaystore:priority.undo": Case(planted(UNDO, "hardlink"), ("write",)),
+    "index-tree-symlink-before-create": Case(tree_symlink_before_create, ("sampler",)),
     "end-2^40-empty-newest-chunks": Case(empty_newest_chunks),
     "manifest-nested-200000-deep": Case(deep_manifest),
     "manifest-5000-digit-end": Case(manifest_text(r'"end": \d+', '"end": ' + "9" * 5000)),
@@ -631,3 +641,13 @@ def test_crafted_manifest_json_is_refused(probed: dict[str, Probed], name: str) 
     makes the parser recurse, refuse a huge integer or overflow an int(): each a
     CorruptStoreError naming the manifest, never the parser's own error or an allocation."""
     check_refused(probed[name], key=MANIFEST)
+
+
+def test_a_link_planted_where_the_index_is_made_is_replaced_not_followed(
+        probed: dict[str, Probed]) -> None:
+    """Making the index wrote through a symbolic link at its key: the outside file became
+    zeros. It is now built under a new name and renamed over whatever was planted."""
+    case = probed["index-tree-symlink-before-create"]
+    assert case.outcome["sampler"] == "ok", case.outcome
+    assert case.outside_after == case.outside_before
+    assert not (case.path / TREE).is_symlink()
