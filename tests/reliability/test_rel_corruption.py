@@ -145,34 +145,39 @@ def expect_read_errors(path: Path, key: str, kind: str, how: str,
 
 
 def expect_repaired(path: Path, original: dict[str, np.ndarray], kind: str,
-                    report: rs.VerifyReport, salvage: bool) -> None:
-    """After repair: the store verifies and holds exactly the committed rows it kept."""
+                    report: rs.VerifyReport, mode: str) -> None:
+    """After repair (``mode``: "default", "salvage", the old name of the default, or
+    "rollback"): the store verifies and holds exactly the committed rows it kept."""
     if kind == "manifest":
         with pytest.raises(rs.CorruptStoreError, match="cannot repair"):
             rs.repair(path)
         return
-    result = rs.repair(path, salvage=salvage)
+    rollback = mode == "rollback"
+    plan = rs.repair(path, rollback=rollback, dry_run=True)
+    result = rs.repair(path, rollback=rollback, salvage=True if mode == "salvage" else None)
     after = rs.verify(path)
     assert after.ok, [str(p) for p in after.problems]
     now = content(path)
     rows_before = original["_row"]
     if kind != "chunk":
         keep = np.ones(len(rows_before), bool)
-    elif salvage and report.problems[0].key.split("/")[0] in ("terminated", "truncated"):
+    elif rollback:
+        keep = rows_before < report.first_bad_row
+    elif report.problems[0].key.split("/")[0] in ("terminated", "truncated"):
         keep = ~report.unreadable(rows_before)  # no done flags: only the bad rows go
-    elif salvage:
+    else:
         bad = report.unreadable(rows_before)
         ends = original["terminated"] | original["truncated"]
         segment = np.concatenate(([0], np.cumsum(ends[:-1])))
         keep = ~np.isin(segment, segment[bad])
-    else:
-        keep = rows_before < report.first_bad_row
-    assert len(now["_row"]) == keep.sum()
+    assert len(now["_row"]) == keep.sum() == result.rows_after == plan.rows_after
+    assert result.dropped == plan.dropped
+    assert sum(b - a for a, b in result.dropped) == (~keep).sum()
     for name, values in original.items():
         if name == "_row":
             continue
         want, got = values[keep], now[name]
-        if name == "truncated" and len(want) and not salvage and not keep.all():
+        if name == "truncated" and len(want) and rollback and not keep.all():
             # The last kept row becomes the truncated end of its cut episode.
             want = want.copy()
             want[-1] |= ~original["terminated"][keep][-1]
@@ -195,7 +200,7 @@ def test_damage_is_reported_naming_the_file_and_repaired(pristine: dict[str, Pat
     kind = data.draw(st.sampled_from(sorted(ALWAYS)), label="kind")
     key = data.draw(st.sampled_from(files[kind]), label="key")
     how = data.draw(st.sampled_from(ALWAYS[kind]), label="damage")
-    salvage = data.draw(st.booleans(), label="salvage")
+    mode = data.draw(st.sampled_from(["default", "salvage", "rollback"]), label="repair")
     original = content(path)
     what = damage(path, key, how, random.Random(data.draw(st.integers(0, 2**32), label="seed")))
 
@@ -203,7 +208,7 @@ def test_damage_is_reported_naming_the_file_and_repaired(pristine: dict[str, Pat
     named = [p for p in report.problems if p.key == key]
     assert named, f"{what}: verify reported {[str(p) for p in report.problems]}"
     expect_read_errors(path, key, kind, how, named[0])
-    expect_repaired(path, original, kind, report, salvage)
+    expect_repaired(path, original, kind, report, mode)
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -236,7 +241,42 @@ def test_every_damaged_chunk_of_one_field_is_reported(pristine: dict[str, Path])
         chunk = int(problem.key.split("/")[-1].split(".")[1])
         # 'frame' is the next_of target of 'next_frame': the row before the chunk reads its
         # next value from the chunk's first frame, so it is unreadable too.
-        assert problem.rows == (max(0, chunk * 128 - 1), chunk * 128 + 128)
+        whole = (max(0, chunk * 128 - 1), chunk * 128 + 128)
+        if hit.index(problem.key) % 3 == 0:  # a flipped bit: in one row's entry, only that
+            assert whole[0] <= problem.rows[0] < problem.rows[1] <= whole[1]  # row is lost
+        else:
+            assert problem.rows == whole
+
+
+@pytest.mark.parametrize("store_kind", ["unbounded", "ring"])
+@pytest.mark.parametrize("how", ["flip", "empty"])
+def test_repair_drops_only_the_episodes_a_damaged_chunk_touches(pristine: dict[str, Path],
+                                                                store_kind: str,
+                                                                how: str) -> None:
+    """One flipped byte in the oldest obs chunk used to roll a store back to 0 rows; a chunk
+    left empty by a power cut (renamed before its data reached the disk) likewise."""
+    path = fresh_copy(pristine, store_kind)
+    original = content(path)
+    with rs.open(path) as store:
+        chunk = int(store.manifest.slot_of(np.array([store.manifest.start]))[0]) // 256
+    key = f"obs/c.{chunk}.0"
+    if how == "flip":
+        damage(path, key, "flip", random.Random(1))
+    else:
+        (path / key).write_bytes(b"")
+    report = rs.verify(path)
+    assert [p.key for p in report.problems] == [key]
+    bad = report.unreadable(original["_row"])
+    assert bad.sum() == 256 and bad[0]  # the oldest rows: rolling back kept none
+    result = rs.repair(path)
+    ends = original["terminated"] | original["truncated"]
+    segment = np.concatenate(([0], np.cumsum(ends[:-1])))
+    keep = ~np.isin(segment, segment[bad])
+    assert result.rows_after == keep.sum() >= len(bad) - 256 - 2  # two-row episodes
+    assert rs.verify(path).ok
+    kept = content(path)
+    for name in ("obs", "action", "frame", "reward", "terminated", "truncated"):
+        np.testing.assert_array_equal(kept[name], original[name][keep], err_msg=name)
 
 
 # -- regressions: each reproduces a bug this suite found (fixed since) ----------------------------
@@ -331,7 +371,10 @@ def test_repair_keeps_rows_before_a_damaged_next_of_target(tmp_path: Path) -> No
                       "terminated": g % 3 == 2, "truncated": np.zeros(600, bool)})
     (path / "frame" / "c.1.0.0").unlink()  # rows 128..255; row 127 needs frame 128 as next
     assert rs.verify(path).first_bad_row == 127
-    assert rs.repair(path).rewrite.rows_after == 127
+    copy = copy_store(path, path.with_name("copy"))
+    assert rs.repair(path, rollback=True).rewrite.rows_after == 127
+    # By default only the episodes (three rows each) holding rows 127..255 go: 126..257.
+    assert rs.repair(copy).rewrite.rows_after == 600 - 132
 
 
 def test_salvage_in_a_ring_drops_only_the_damaged_episodes(pristine: dict[str, Path]) -> None:
