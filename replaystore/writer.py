@@ -12,9 +12,7 @@ committed rows is written, the committed window is shrunk past them with a manif
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -147,53 +145,67 @@ class Writer:
 
     def append(self, values: list[np.ndarray]) -> None:
         """Append one validated row (values in schema order)."""
-        with self._failing():
-            row = self.position
-            slot = self.slot(row)
-            done = bool(values[self._terminated]) or bool(values[self._truncated])
-            for buf, value in zip(self._fields, values, strict=True):
-                if buf.field.next_of is not None:
-                    self._check_previous(buf, values)
-                if not buf.base <= slot < buf.end:
-                    self._switch(buf, slot)
-                i = slot - buf.base
-                buf.buffer[i] = value
-                buf.stale[i] = True
-                if buf.field.next_of is not None:
-                    buf.keep[i] = done
-                buf.newest, buf.dirty = row, True
-                if slot + 1 == buf.end:
-                    self._flush(buf)
-            self.position = row + 1
-            self.episodes.observe_one(row, float(values[self._reward]),
-                                      bool(values[self._terminated]),
-                                      bool(values[self._truncated]))
-            self._maybe_autocommit()
+        self._check_usable()
+        try:
+            self._append(values)
+        except SyncError as exc:
+            self._failed = exc
+            raise
+
+    def _append(self, values: list[np.ndarray]) -> None:
+        row = self.position
+        slot = self.slot(row)
+        done = bool(values[self._terminated]) or bool(values[self._truncated])
+        for buf, value in zip(self._fields, values, strict=True):
+            if buf.field.next_of is not None:
+                self._check_previous(buf, values)
+            if not buf.base <= slot < buf.end:
+                self._switch(buf, slot)
+            i = slot - buf.base
+            buf.buffer[i] = value
+            buf.stale[i] = True
+            if buf.field.next_of is not None:
+                buf.keep[i] = done
+            buf.newest, buf.dirty = row, True
+            if slot + 1 == buf.end:
+                self._flush(buf)
+        self.position = row + 1
+        self.episodes.observe_one(row, float(values[self._reward]),
+                                  bool(values[self._terminated]),
+                                  bool(values[self._truncated]))
+        self._maybe_autocommit()
 
     def extend(self, values: list[np.ndarray], count: int) -> None:
         """Append ``count`` validated rows (arrays in schema order, leading axis = rows)."""
-        with self._failing():
-            first = self.position
-            ends = values[self._terminated] | values[self._truncated]
-            keeps = {i: self._next_kept(buf, values, ends) for i, buf in enumerate(self._fields)
-                     if buf.field.next_of is not None}
-            copied = 0
-            while copied < count:
-                slot = self.slot(first + copied)
-                # Rows until the ring wraps; each field then splits the run at its chunk ends.
-                run = count - copied
-                if self.capacity is not None:
-                    run = min(run, self.capacity - slot)
-                part = slice(copied, copied + run)
-                for i, (buf, array) in enumerate(zip(self._fields, values, strict=True)):
-                    keep = keeps.get(i)
-                    self._copy_run(buf, array[part], None if keep is None else keep[part],
-                                   first + copied, slot)
-                copied += run
-            self.position = first + count
-            self.episodes.observe(first, values[self._reward], values[self._terminated],
-                                  values[self._truncated])
-            self._maybe_autocommit()
+        self._check_usable()
+        try:
+            self._extend(values, count)
+        except SyncError as exc:
+            self._failed = exc
+            raise
+
+    def _extend(self, values: list[np.ndarray], count: int) -> None:
+        first = self.position
+        ends = values[self._terminated] | values[self._truncated]
+        keeps = {i: self._next_kept(buf, values, ends) for i, buf in enumerate(self._fields)
+                 if buf.field.next_of is not None}
+        copied = 0
+        while copied < count:
+            slot = self.slot(first + copied)
+            # Rows until the ring wraps; each field then splits the run at its chunk ends.
+            run = count - copied
+            if self.capacity is not None:
+                run = min(run, self.capacity - slot)
+            part = slice(copied, copied + run)
+            for i, (buf, array) in enumerate(zip(self._fields, values, strict=True)):
+                keep = keeps.get(i)
+                self._copy_run(buf, array[part], None if keep is None else keep[part],
+                               first + copied, slot)
+            copied += run
+        self.position = first + count
+        self.episodes.observe(first, values[self._reward], values[self._terminated],
+                              values[self._truncated])
+        self._maybe_autocommit()
 
     def _next_kept(self, buf: _FieldBuffer, values: list[np.ndarray],
                    ends: np.ndarray) -> np.ndarray:
@@ -222,8 +234,7 @@ class Writer:
             if not buf.keep[i] and _rows_differ(buf.buffer[i:i + 1], source[None])[0]:
                 buf.keep[i] = buf.stale[i] = buf.dirty = True
 
-    @contextlib.contextmanager
-    def _failing(self) -> Iterator[None]:
+    def _check_usable(self) -> None:
         """Refuse to go on after a failed fsync: the kernel may have dropped pages that this
         writer no longer holds, and a later fsync would report success over them."""
         if self._failed is not None:
@@ -231,11 +242,6 @@ class Writer:
                 f"this writer cannot commit any more: {self._failed}; the rows appended since "
                 "the last commit may be lost. Close the store and open it again to continue "
                 "from the last commit") from self._failed
-        try:
-            yield
-        except SyncError as exc:
-            self._failed = exc
-            raise
 
     def _copy_run(self, buf: _FieldBuffer, rows: np.ndarray, keep: np.ndarray | None,
                   first_row: int, slot: int) -> None:
@@ -289,8 +295,12 @@ class Writer:
 
     def commit(self) -> Manifest:
         """Make every appended row durable and visible; returns the new manifest."""
-        with self._failing():
+        self._check_usable()
+        try:
             return self._commit()
+        except SyncError as exc:
+            self._failed = exc
+            raise
 
     def _commit(self) -> Manifest:
         self._guard(self.position - 1)  # one shrink for all the flushes below
