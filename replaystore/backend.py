@@ -353,7 +353,11 @@ class LocalBackend:
             intent, old = self._sibling("replace"), self._sibling("old")
             os.close(os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             self._fsync_dir(self.root.parent)
-            os.rename(self.root, old)
+            try:
+                os.rename(self.root, old)
+            except OSError:
+                intent.unlink(missing_ok=True)  # nothing moved: roll back
+                raise
             try:
                 os.rename(staged.root, self.root)
             except OSError:
@@ -402,8 +406,8 @@ class LocalBackend:
         leftovers = [p for p in (staged, old) if os.path.lexists(p)]
         leftovers += [parent / n for n in os.listdir(parent) if aside.fullmatch(n)]
         for path in leftovers:
-            if path.is_symlink():
-                path.unlink()
+            if path.is_symlink() or not path.is_dir():
+                path.unlink(missing_ok=True)
             else:
                 shutil.rmtree(path, ignore_errors=True)
             if os.path.lexists(path) and not aside.fullmatch(path.name):

@@ -1,9 +1,12 @@
 """Rewriting a store into a fresh copy of itself: what prune, compact and repair build on.
 
 The copy is built in a staging folder beside the store, committed and synced there, and then
-swapped in with one atomic folder exchange (:meth:`LocalBackend.replace_with`). A crash at any
-moment therefore leaves the old store or the new one, never a mix, and the store's writer lock
-is held throughout, so no rows can be appended to the old store while it is copied.
+swapped in with one atomic folder exchange (:meth:`LocalBackend.replace_with`); where the file
+system has no exchange (NFS), with an intent file and two renames that the next ``open``
+completes after a crash. A crash at any moment therefore leaves the old store or the new one,
+never a mix, and the store's writer lock is held throughout, so no rows can be appended to the
+old store while it is copied. Whatever a crashed rewrite left beside the store (staging folder,
+intent file, old folder) is cleared by the next rewrite before it builds its own.
 
 Rows are renumbered from 0 in the copy (slots handed out before no longer name the same rows),
 so the copy gets the next *generation*: readers that opened the old store raise
@@ -14,6 +17,7 @@ sampler states are dropped. Priorities of the surviving rows move with them.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -112,7 +116,7 @@ def rewrite(path: str | os.PathLike[str],
         try:
             _copy(src, staged.root, schema, rows, progress)
         except BaseException:
-            staged.destroy()
+            shutil.rmtree(staged.root, ignore_errors=True)  # the next rewrite clears the rest
             raise
         src._state.close()  # the old index is closed in its own folder before the swap
         src._backend.replace_with(staged)

@@ -399,6 +399,7 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
     capacity = None if capacity is None else int(capacity)
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
     backend = LocalBackend(path)
+    backend.finish_replace()  # a swap a crash interrupted: the store it left is the one here
     if not backend.is_empty():
         if not (overwrite or _interrupted_create(backend)):
             raise StoreExistsError(f"cannot create a store at {str(path)!r}: it exists and is "
@@ -410,6 +411,7 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
         # until its folder has been moved out of the way in one rename.
         old_lock = backend.lock(LOCK)
         try:
+            backend.finish_replace(locked=True)
             backend.discard()
         finally:
             old_lock.release()
@@ -464,6 +466,8 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
                                  "before its first commit; create the store again")
     lock = backend.lock(LOCK) if mode == "a" else None
     try:
+        if lock is not None:
+            backend.finish_replace(locked=True)  # clear what an interrupted rewrite left
         manifest = load_manifest(backend)
         schema = _load_schema(backend, manifest)
         _check_newest_row(backend, schema, manifest)
