@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 
 import click
@@ -156,3 +157,17 @@ def test_emitted_json_is_strict_and_keeps_finite_values(doc):
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     assert back == expected(doc)
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_a_fifo_in_place_of_the_manifest_fails_at_once(tmp_path, replaystore_exe, command):
+    """info and verify used to block forever opening a FIFO planted in a store."""
+    path = tmp_path / "s"
+    rs.create(path, {"obs": ((2,), "float32")}).close()
+    manifest = path / "_replaystore" / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    proc = subprocess.run([replaystore_exe, command, str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "not a regular file" in proc.stderr + proc.stdout
