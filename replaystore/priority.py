@@ -11,6 +11,11 @@ Updates are batched: leaves are written, then each level's parents are recompute
 children* with numpy, all at once. Inner nodes are therefore always exactly the (rounded) sums
 of their children: nothing accumulates, so float drift cannot grow with the number of updates.
 
+Every leaf stays finite: a non-zero leaf lies in ``[MIN_LEAF, MAX_LEAF]`` (``2**-1000`` to
+``2**960``), so the total of any number of them, the running maximum given to new rows and the
+min tree's reciprocals are finite too. :func:`leaf_values` refuses priorities outside those
+bounds before anything changes.
+
 Crash safety follows the store's commits. Before a leaf changes, its old value is appended to
 an undo log, whose first record names the checkpoint it starts from. ``Store.commit`` flushes
 the tree, records checkpoint ``k + 1`` in the manifest, then starts a new log for ``k + 1``
@@ -22,6 +27,7 @@ the leaves, so the index matches the committed rows exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,13 +38,19 @@ import numpy as np
 from .backend import LocalBackend
 from .codecs import crc_bytes
 from .errors import CorruptStoreError, ReadOnlyError, SchemaError
-from .layout import META
+from .layout import JSON_LIMIT, META, loads
 
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
 HEADER = f"{META}/priority.json"
 UNDO = f"{META}/priority.undo"
 # find() starts with a binary search over the first tree level with at most this many nodes.
 TOP_NODES = 1024
+# Bounds on a non-zero leaf (``priority ** alpha``). Below MAX_LEAF the total of even 2**50
+# leaves (every partial sum of the tree) stays finite, so probabilities never become 0 or NaN
+# and the running maximum given to new rows never overflows; above MIN_LEAF the reciprocal
+# the min tree keeps stays finite, so importance weights never collapse to 0.
+MAX_LEAF = 2.0 ** 960
+MIN_LEAF = 2.0 ** -1000
 _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
 
 
@@ -64,6 +76,96 @@ def check_priorities(priorities: np.ndarray) -> np.ndarray:
         raise SchemaError(f"priorities must be finite and >= 0; got {values.reshape(-1)[first]} "
                           f"at position {first} (and {int(bad.sum()) - 1} more)")
     return values
+
+
+def leaf_values(priorities: np.ndarray, alpha: float, eps: float = 0.0,
+                slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(priorities + eps, (priorities + eps) ** alpha)`` as flat float64 arrays.
+
+    Raises SchemaError (a ValueError) naming the first offending value, its position and
+    (given ``slots``) its slot, for negative, NaN or infinite priorities, for priorities whose
+    leaf ``(p + eps) ** alpha`` would exceed :data:`MAX_LEAF` (the index's total must stay
+    finite) and for positive ``p + eps`` whose leaf would be below :data:`MIN_LEAF` (or
+    underflow to 0). A leaf of exactly 0 (``p + eps == 0``) is allowed: that slot is never
+    sampled.
+    """
+    raw = np.asarray(priorities, dtype=np.float64)
+    if raw.ndim != 1:
+        raw = raw.reshape(-1)
+    if len(raw):
+        # Two reductions and scalar arithmetic (p ** alpha is monotone in p): cheap, and
+        # nothing below can overflow once they pass.
+        lo, hi = float(raw.min()), float(raw.max())
+        if not (lo >= 0 and eps >= 0 and hi + eps <= largest_priority(alpha)
+                and (lo + eps) ** alpha >= MIN_LEAF):
+            _refuse_leaves(raw, alpha, eps, slots)  # returns if the only small leaves are 0
+    values = raw + eps if eps else raw
+    leaf = values if alpha == 1.0 else values ** alpha
+    return values, leaf
+
+
+def _refuse_leaves(raw: np.ndarray, alpha: float, eps: float,
+                   slots: np.ndarray | None) -> None:
+    """Raise for the first priority :func:`leaf_values` refuses, if there is one."""
+    def where(mask: np.ndarray) -> tuple[int, str, str]:
+        first = int(np.argmax(mask))
+        slot = "" if slots is None else f" (slot {int(slots[first])})"
+        more = int(mask.sum()) - 1
+        return first, f"at position {first}{slot}", f" (and {more} more)" if more else ""
+
+    if not (math.isfinite(eps) and eps >= 0):
+        raise SchemaError(f"eps must be >= 0 and finite, got {eps!r}")
+    bad = ~np.isfinite(raw) | (raw < 0)
+    if bad.any():
+        first, at, more = where(bad)
+        raise SchemaError(f"priorities must be finite and >= 0; got {raw[first]!r} {at}{more}")
+    with np.errstate(over="ignore", under="ignore"):
+        values = raw + eps
+        leaf = values ** alpha
+    big = values > largest_priority(alpha)
+    if big.any():
+        first, at, more = where(big)
+        raise SchemaError(
+            f"priority {raw[first]!r} {at} is too large: (p + eps) ** alpha = "
+            f"({raw[first]!r} + {eps!r}) ** {alpha!r} = {leaf[first]:.4g} exceeds "
+            f"{MAX_LEAF:.4g} (2**960), the largest p ** alpha the priority index holds so "
+            f"that its total stays finite{more}")
+    small = (values > 0) & (leaf < MIN_LEAF)
+    if small.any():
+        first, at, more = where(small)
+        raise SchemaError(
+            f"priority {raw[first]!r} {at} is too small: (p + eps) ** alpha = "
+            f"({raw[first]!r} + {eps!r}) ** {alpha!r} = {leaf[first]:.4g} is below "
+            f"{MIN_LEAF:.4g} (2**-1000), the smallest non-zero p ** alpha the priority index "
+            f"holds; pass 0, or give the sampler a larger eps{more}")
+
+
+def leaf_problem(priority: float, alpha: float) -> str | None:
+    """Why ``priority ** alpha`` may not be a leaf (see :func:`leaf_values`), or None."""
+    priority = float(priority)
+    if not (math.isfinite(priority) and priority >= 0):
+        return f"{priority!r} is not a finite number >= 0"
+    if priority > largest_priority(alpha):
+        return (f"{priority!r} ** {alpha!r} exceeds {MAX_LEAF:.4g} (2**960), the largest "
+                "p ** alpha the priority index holds")
+    if priority > 0 and priority ** alpha < MIN_LEAF:
+        return (f"{priority!r} ** {alpha!r} is below {MIN_LEAF:.4g} (2**-1000), the smallest "
+                "non-zero p ** alpha the priority index holds")
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def largest_priority(alpha: float) -> float:
+    """The largest priority ``p`` with ``p ** alpha <= MAX_LEAF`` (the largest finite float
+    for ``alpha == 0``)."""
+    if alpha <= 0:
+        return float(np.finfo(np.float64).max)
+    with np.errstate(over="ignore"):
+        top = float(np.float64(MAX_LEAF) ** (1.0 / alpha))
+        top = min(top, float(np.finfo(np.float64).max))
+        while np.float64(top) ** alpha > MAX_LEAF:
+            top = float(np.nextafter(top, 0.0))
+    return top
 
 
 class PriorityIndex:
@@ -119,6 +221,10 @@ class PriorityIndex:
         ``max_priority`` what the last commit recorded.
         """
         index = cls(backend, read_header(backend), writable=writable)
+        # A running max whose p ** alpha is past MAX_LEAF (recorded by a version that did not
+        # check) would make every new row's leaf overflow or the total infinite: lower it.
+        if leaf_problem(max_priority, index.header.alpha) is not None:
+            max_priority = min(max_priority, largest_priority(index.header.alpha))
         index.max_priority = max_priority
         if writable:
             for key in backend.list(META):
@@ -346,7 +452,16 @@ class PriorityIndex:
         return bigger
 
     def note_max(self, priority: float) -> None:
-        self.max_priority = max(self.max_priority, priority)
+        """Raise the running maximum priority (given to new rows) to ``priority``.
+
+        A priority whose ``priority ** alpha`` the index cannot hold (see
+        :func:`leaf_values`) raises SchemaError and changes nothing.
+        """
+        if priority > self.max_priority:
+            problem = leaf_problem(priority, self.header.alpha)
+            if problem is not None:
+                raise SchemaError(f"max priority refused: {problem}")
+            self.max_priority = priority
 
 
 def leaves_for(slots: int) -> int:
@@ -367,7 +482,7 @@ def _checksum(doc: dict[str, object]) -> str:
 
 def read_header(backend: LocalBackend) -> PriorityHeader:
     try:
-        doc = json.loads(backend.read(HEADER))
+        doc = loads(backend.read(HEADER, limit=JSON_LIMIT), HEADER)
         stored = doc.pop("crc32c", None)
         header = PriorityHeader(**doc)
     except FileNotFoundError:
@@ -395,4 +510,5 @@ def exists(backend: LocalBackend) -> bool:
     return backend.exists(HEADER)
 
 
-__all__ = ["PriorityIndex", "check_priorities", "exists", "leaves_for", "read_header"]
+__all__ = ["MAX_LEAF", "MIN_LEAF", "PriorityIndex", "check_priorities", "exists",
+           "largest_priority", "leaf_problem", "leaf_values", "leaves_for", "read_header"]

@@ -8,6 +8,7 @@ reopened store resumes from it, and draws the same batches an uninterrupted run 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,11 @@ import numpy as np
 
 from .errors import CorruptStoreError, SchemaError
 from .layout import MANIFEST
-from .priority import PriorityIndex, check_priorities
+from .priority import PriorityIndex, leaf_problem, leaf_values
 from .store import Store, as_slots
+
+# The committed window a batch was drawn from: global rows [start, end), and the capacity.
+Window = tuple[int, int, int | None]
 
 
 @dataclass(frozen=True)
@@ -44,16 +48,38 @@ class Linear:
 class Batch:
     """Sampled slots and what a learner needs besides the rows.
 
-    ``indices`` are store slots (pass them to ``store.get`` and back to
-    ``update_priorities``); ``probabilities`` and ``weights`` come from prioritized sampling
-    (weights normalised so the largest possible weight is 1); ``mask`` marks real (not padded)
-    steps of a sequence.
+    ``indices`` are store slots (pass them to ``store.get``); ``probabilities`` and
+    ``weights`` come from prioritized sampling (weights normalised so the largest possible
+    weight is 1); ``mask`` marks real (not padded) steps of a sequence. ``window`` is the
+    committed window ``(start, end, capacity)`` the slots were drawn from, so :attr:`rows`
+    names the row each slot held then. Pass the whole batch to
+    :meth:`PrioritizedSampler.update_priorities`: slots whose row the ring has overwritten
+    since are skipped.
     """
 
     indices: np.ndarray
     probabilities: np.ndarray | None = None
     weights: np.ndarray | None = None
     mask: np.ndarray | None = None
+    window: Window | None = None
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        """Global row numbers (counting every row ever appended) that ``indices`` held when
+        the batch was drawn, in the shape of ``indices``; None without a ``window``."""
+        if self.window is None:
+            return None
+        return _rows_in(np.asarray(self.indices, dtype=np.int64), self.window)[0]
+
+
+def _rows_in(slots: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """For each slot, the global row it holds in ``window`` and whether that row lies in the
+    window (a slot outside it maps to a row that does not)."""
+    start, end, capacity = window
+    if capacity is None:
+        return slots.copy(), (slots >= start) & (slots < end)
+    offset = (slots - start) % capacity
+    return start + offset, (slots >= 0) & (slots < capacity) & (offset < end - start)
 
 
 class Sampler:
@@ -92,7 +118,7 @@ class Sampler:
     def sample(self, batch_size: int) -> Batch:
         raise NotImplementedError
 
-    def _window(self) -> tuple[int, int, int | None]:
+    def _window(self) -> Window:
         m = self.store.manifest
         if m.rows == 0:
             raise IndexError(f"store {str(self.store.path)!r} has no committed rows to sample")
@@ -110,10 +136,10 @@ class UniformSampler(Sampler):
 
     def sample(self, batch_size: int) -> Batch:
         batch_size = _check_batch_size(batch_size)
-        start, end, _ = self._window()
-        rows = self.rng.integers(start, end, batch_size)
+        window = self._window()
+        rows = self.rng.integers(window[0], window[1], batch_size)
         self.steps += 1
-        return Batch(self.store.manifest.slot_of(rows))
+        return Batch(self.store.manifest.slot_of(rows), window=window)
 
 
 class PrioritizedSampler(Sampler):
@@ -127,15 +153,22 @@ class PrioritizedSampler(Sampler):
 
     The priority index lives in the store; a store opened for writing creates it on first use
     and commits it with the rows. ``update_priorities`` needs such a store.
+
+    ``eps`` (added to every priority given to ``update_priorities``) must be finite and >= 0,
+    and a positive ``eps ** alpha`` must lie within the index's bounds (``2**-1000`` to
+    ``2**960``, see :func:`~replaystore.priority.leaf_values`); ValueError otherwise, before
+    the index is created.
     """
 
     def __init__(self, store: Store, *, alpha: float = 0.6, beta: float | Linear = 0.4,
                  eps: float = 1e-6, seed: int | None = None, name: str | None = None) -> None:
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        _check_eps(eps, alpha)
         store.priority_index(alpha)  # creates it, or checks alpha
         self.beta = beta
-        self.eps = float(eps)
+        self._eps = float(eps)
+        # The window of the most recent batch: plain slots given to update_priorities name
+        # the rows they held then.
+        self._recent: Window | None = None
         super().__init__(store, seed=seed, name=name)
 
     @property
@@ -145,14 +178,26 @@ class PrioritizedSampler(Sampler):
 
     @property
     def alpha(self) -> float:
+        """The exponent of the store's index: leaves hold ``priority ** alpha``."""
         return self.index.header.alpha
+
+    @property
+    def eps(self) -> float:
+        """Added to every priority given to :meth:`update_priorities`; setting it checks it
+        as the constructor does (ValueError)."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        _check_eps(value, self.alpha)
+        self._eps = float(value)
 
     def current_beta(self) -> float:
         return float(self.beta(self.steps) if callable(self.beta) else self.beta)
 
     def sample(self, batch_size: int) -> Batch:
         batch_size = _check_batch_size(batch_size)
-        self._window()
+        window = self._window()
         index = self.index
         total = index.total
         if not total > 0:
@@ -171,26 +216,72 @@ class PrioritizedSampler(Sampler):
         # min_leaf is 1 / (1 / x), which can be an ulp above x: clip so weights stay <= 1.
         weights = np.minimum((index.min_leaf / leaf) ** beta, 1.0)
         self.steps += 1
-        return Batch(slots, probabilities, weights)
+        self._recent = window
+        return Batch(slots, probabilities, weights, window=window)
 
-    def update_priorities(self, indices: Any, priorities: Any) -> None:
-        """Set the priorities of sampled slots (typically ``|TD error|``); ``eps`` is added.
+    def update_priorities(self, indices: Batch | Any, priorities: Any, *,
+                          rows: Any = None) -> None:
+        """Set the priorities of sampled rows (typically ``|TD error|``); ``eps`` is added.
 
-        Duplicate slots: the last value wins. Slots no longer committed (overwritten by the
-        ring since they were sampled) are skipped.
+        Which rows ``indices`` name:
+
+        * a :class:`Batch` (from any earlier ``sample``): the rows its slots held when it was
+          drawn (:attr:`Batch.rows`; a Batch without a ``window`` counts as plain slots);
+        * slots together with ``rows=``, their global row numbers (``Batch.rows``, or the
+          ``"rows"`` of a :mod:`replaystore.torch` batch, whose slots were drawn elsewhere);
+          ValueError where a row does not live in its slot (``row % capacity``);
+        * plain slots: the rows they held when this sampler drew its most recent batch
+          (those of the store's current committed window if it has drawn none). For an older
+          batch pass the Batch, or its rows.
+
+        A row the ring has retired since (overwritten, or about to be) is skipped, so its
+        slot keeps the priority of the row that replaced it; so is a slot that held no
+        committed row. Duplicate slots: the last value wins.
+
+        Every value is checked before anything changes: a negative, NaN or infinite priority,
+        or one whose ``(p + eps) ** alpha`` the index cannot hold (see
+        :func:`~replaystore.priority.leaf_values`), raises SchemaError (a ValueError) naming
+        the value, its position and its slot, and leaves the index unchanged.
         """
+        window = self._recent
+        if isinstance(indices, Batch):
+            if indices.window is not None:
+                window = indices.window
+            indices = indices.indices
         slots = as_slots(indices).reshape(-1)
-        values = check_priorities(priorities).reshape(-1)
-        if len(values) != len(slots):
-            raise ValueError(f"got {len(slots)} indices but {len(values)} priorities")
-        live = self.store.committed_mask(slots)
+        raw = np.asarray(priorities, dtype=np.float64).reshape(-1)
+        if len(raw) != len(slots):
+            raise ValueError(f"got {len(slots)} indices but {len(raw)} priorities")
+        index = self.index
+        values, leaf = leaf_values(raw, index.header.alpha, self._eps, slots)
+        if rows is not None:
+            live = self._rows_live(slots, rows)
+        else:
+            m = self.store.manifest
+            if window is None or (window[0] == m.start and window[1] == m.end):
+                live = self.store.committed_mask(slots)
+            else:  # commits since the batch: which of its rows are still committed?
+                held, inside = _rows_in(slots, window)
+                live = inside & (held >= m.start) & (held < m.end)
         if not live.all():
-            slots, values = slots[live], values[live]
-        values = values + self.eps
+            slots, values, leaf = slots[live], values[live], leaf[live]
         if len(slots):
-            index = self.index
-            index.set(slots, values ** index.header.alpha)
+            index.set(slots, leaf)
             index.note_max(float(values.max()))
+
+    def _rows_live(self, slots: np.ndarray, rows: Any) -> np.ndarray:
+        """Which of ``rows`` (the global rows of ``slots``) are committed now."""
+        given = as_slots(rows).reshape(-1)
+        if len(given) != len(slots):
+            raise ValueError(f"got {len(slots)} indices but {len(given)} rows")
+        m = self.store.manifest
+        wrong = (given < 0) | (m.slot_of(given) != slots)
+        if wrong.any():
+            first = int(np.argmax(wrong))
+            raise ValueError(f"rows[{first}] = {int(given[first])} does not live in slot "
+                             f"{int(slots[first])} (rows are global row numbers, slot = row"
+                             f"{'' if m.capacity is None else f' % {m.capacity}'})")
+        return (given >= m.start) & (given < m.end)
 
 
 class SequenceSampler(Sampler):
@@ -238,7 +329,9 @@ class SequenceSampler(Sampler):
         mask = rows <= last
         rows = np.minimum(rows, last)
         self.steps += 1
-        return Batch(self.store.manifest.slot_of(rows), mask=mask if self.pad else None)
+        m = self.store.manifest
+        return Batch(m.slot_of(rows), mask=mask if self.pad else None,
+                     window=(m.start, m.end, m.capacity))
 
 
 class EpisodeSampler(Sampler):
@@ -260,7 +353,23 @@ class EpisodeSampler(Sampler):
         """One episode's slots as a batch (``batch_size`` must be 1)."""
         if batch_size != 1:
             raise ValueError("EpisodeSampler.sample draws one episode; use sample_episodes(n)")
-        return Batch(self.sample_episodes(1)[0])
+        slots = self.sample_episodes(1)[0]
+        m = self.store.manifest
+        return Batch(slots, window=(m.start, m.end, m.capacity))
+
+
+def _check_eps(eps: Any, alpha: Any) -> None:
+    """ValueError unless ``eps`` is a finite number >= 0 whose ``eps ** alpha`` (if positive)
+    the priority index can hold; an invalid ``alpha`` is left to the index to report."""
+    if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating) \
+            or not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be >= 0 and finite, got {eps!r}")
+    if eps > 0 and isinstance(alpha, int | float) and not isinstance(alpha, bool) \
+            and math.isfinite(alpha) and 0 <= alpha <= 10:
+        problem = leaf_problem(float(eps), float(alpha))
+        if problem is not None:
+            raise ValueError(f"eps {eps!r} is refused (every priority is at least eps, and "
+                             f"its p ** alpha must fit the priority index): {problem}")
 
 
 def nstep(store: Store, indices: Any, n: int, gamma: float) -> dict[str, np.ndarray]:

@@ -279,6 +279,168 @@ def test_reader_without_index_gets_a_clear_error(make_store):
         rs.PrioritizedSampler(reader)
 
 
+# -- priorities whose p ** alpha would not stay finite (refused at the call) ---------------------
+
+def _index_state(store: rs.Store) -> tuple[np.ndarray, np.ndarray, float, int]:
+    index = store.priority_index()
+    undo = os.path.getsize(store.path / "_replaystore" / "priority.undo")
+    return (*snapshot(index), index.max_priority, undo)
+
+
+def _assert_unchanged(store: rs.Store, before: tuple[np.ndarray, np.ndarray, float, int]) -> None:
+    after = _index_state(store)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    assert before[2:] == after[2:]
+
+
+def _assert_healthy(store: rs.Store, sampler: rs.PrioritizedSampler, first: int) -> None:
+    """Later commits work and sampling gives finite probabilities and weights in [0, 1]."""
+    store.extend(rows(first, 5))
+    store.commit()
+    index = store.priority_index()
+    assert math.isfinite(index.total) and index.total > 0
+    assert np.isfinite(leaves_of(index)).all() and np.isfinite(np.asarray(index.inv)).all()
+    assert math.isfinite(index.max_priority ** index.header.alpha)
+    batch = sampler.sample(64)
+    assert np.isfinite(batch.probabilities).all() and (batch.probabilities > 0).all()
+    assert np.isfinite(batch.weights).all()
+    assert ((batch.weights >= 0) & (batch.weights <= 1)).all()
+    assert_tree_consistent(index)
+
+
+@pytest.mark.parametrize(("alpha", "eps", "values", "bad"), [
+    (10.0, 1e-6, [2.0, 1e40, 3.0], 1e40),     # 1e40 ** 10 overflows: commit() raised later
+    (1.0, 1e-6, [1e308, 1e308, 1.0], 1e308),  # total inf, every probability 0
+    (1.0, 0.0, [1.0, 1.7976931348623157e308, 1.0], 1.7976931348623157e308),
+    (2.0, 1e-6, [1.0, 1.0, 1e150], 1e150),    # leaf 1e300: finite, but a few such sum to inf
+    (1.0, 1e-6, [2.0, 1e295, 3.0], 1e295),    # finite leaf, but 2**50 slots of it are not
+    (10.0, 0.0, [1e-31, 2.0, 3.0], 1e-31),    # subnormal leaf: 1 / leaf is inf in the min tree
+    (10.0, 0.0, [1.0, 1e-40, 3.0], 1e-40),    # leaf underflows to 0: silently never drawn
+])
+def test_priorities_whose_p_alpha_is_out_of_range_are_refused_and_change_nothing(
+        make_store, alpha, eps, values, bad):
+    store = make_store(FIELDS, capacity=32)
+    store.extend(rows(0, 20))
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, alpha=alpha, eps=eps, seed=0)
+    sampler.update_priorities([1, 2], [3.0, 4.0])
+    before = _index_state(store)
+    slots = [5, 6, 7]
+    position = values.index(bad)
+    with pytest.raises(ValueError, match=rf"position {position} \(slot {slots[position]}\)") \
+            as info:
+        sampler.update_priorities(slots, values)
+    assert repr(bad) in str(info.value) or f"{bad:g}" in str(info.value)
+    _assert_unchanged(store, before)
+    _assert_healthy(store, sampler, 20)
+    store.close()
+
+
+def test_largest_allowed_priority_keeps_commits_and_sampling_finite(make_store):
+    """At the limit itself, a full index of such leaves still has a finite total."""
+    from replaystore.priority import MAX_LEAF
+    store = make_store(FIELDS, capacity=64)
+    store.extend(rows(0, 64))
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0, seed=0)
+    sampler.update_priorities(store.slots(), np.full(64, MAX_LEAF))
+    assert store.priority_index().total == 64 * MAX_LEAF
+    _assert_healthy(store, sampler, 64)  # fresh rows get MAX_LEAF too
+    store.close()
+
+
+@pytest.mark.parametrize(("alpha", "eps"), [
+    (0.6, float("inf")), (0.6, float("nan")), (0.6, -1.0), (0.6, "1e-6"),
+    (1.0, 1e300),    # every priority would be at least eps ** alpha = 1e300
+    (10.0, 1e-40),   # eps ** alpha underflows: a priority of 0 would not be eps ** alpha
+])
+def test_bad_eps_is_refused_when_the_sampler_is_made(make_store, alpha, eps):
+    store = make_store(FIELDS)
+    store.extend(rows(0, 5))
+    store.commit()
+    with pytest.raises(ValueError, match="eps"):
+        rs.PrioritizedSampler(store, alpha=alpha, eps=eps)
+    assert not store.has_priority_index()  # refused before the index was made
+    store.close()
+
+
+@pytest.mark.parametrize("eps", [float("inf"), float("nan"), -1e-3, 1e300])
+def test_setting_a_bad_eps_later_is_refused_too(make_store, eps):
+    store = make_store(FIELDS)
+    store.extend(rows(0, 5))
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=1e-3)
+    with pytest.raises(ValueError, match="eps"):
+        sampler.eps = eps
+    assert sampler.eps == 1e-3
+    before = _index_state(store)
+    sampler.update_priorities([0, 1], [0.0, 2.0])
+    assert store.priority_index().leaf(np.array([0, 1])).tolist() == [1e-3, 2.001]
+    assert before[2] == 1.0
+    store.close()
+
+
+def test_a_recorded_running_max_past_the_limit_is_lowered_on_open(tmp_path):
+    """A store whose manifest holds a max priority no update may set now (an older version
+    accepted it) still commits: new rows get the largest priority allowed."""
+    from replaystore.manifest import commit_manifest, load_manifest
+    from replaystore.priority import MAX_LEAF
+    store = rs.create(tmp_path / "s", FIELDS, capacity=16)
+    store.extend(rows(0, 8))
+    store.commit()
+    rs.PrioritizedSampler(store, alpha=10.0)
+    store.commit()
+    store.close()
+    backend = LocalBackend(tmp_path / "s")
+    m = load_manifest(backend)
+    commit_manifest(backend, m.replace(state={**m.state, "priority": {
+        **m.state["priority"], "max_priority": 1e40}}))
+    store = rs.open(tmp_path / "s", "a")
+    index = store.priority_index()
+    assert index.max_priority ** 10.0 <= MAX_LEAF
+    store.extend(rows(8, 4))
+    store.commit()  # raised OverflowError: 1e40 ** 10
+    assert math.isfinite(index.total)
+    assert (index.leaf(np.arange(8, 12)) <= MAX_LEAF).all()
+    store.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alpha=st.sampled_from([0.0, 0.5, 1.0, 2.0, 10.0]),
+       eps=st.one_of(st.just(0.0), st.floats(1e-12, 1e3)),
+       values=st.lists(st.one_of(st.just(0.0), st.floats(0, 1e308, allow_subnormal=True),
+                                 st.floats(0, 1e-300, allow_subnormal=True),
+                                 st.sampled_from([1e-31, 1e30, 1e40, 1e300, 1e308])),
+                       min_size=1, max_size=12))
+def test_any_priority_is_either_refused_unchanged_or_keeps_everything_finite(alpha, eps, values):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = rs.create(Path(tmp) / "s", FIELDS, capacity=16)
+        store.extend(rows(0, 16))
+        store.commit()
+        sampler = rs.PrioritizedSampler(store, alpha=alpha, eps=eps, seed=0)
+        before = _index_state(store)
+        slots = np.arange(len(values)) % 16
+        try:
+            sampler.update_priorities(slots, values)
+        except ValueError:
+            _assert_unchanged(store, before)
+            store.priority_index().leaf(np.array([0]))  # still usable
+        else:
+            assert np.isfinite(leaves_of(store.priority_index())).all()
+        # Whatever happened, commits and sampling work and stay finite (unless every
+        # priority is 0, which sampling reports).
+        store.extend(rows(16, 3))
+        store.commit()
+        index = store.priority_index()
+        assert math.isfinite(index.total) and np.isfinite(np.asarray(index.inv)).all()
+        if index.total > 0:
+            batch = sampler.sample(16)
+            assert np.isfinite(batch.probabilities).all()
+            assert ((batch.weights >= 0) & (batch.weights <= 1)).all()
+        assert_tree_consistent(index)
+        store.close()
+
+
 # -- creation and sparse opening ------------------------------------------------------------------
 
 def test_index_created_on_first_use_gives_committed_rows_priority_one(make_store):

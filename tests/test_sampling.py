@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import replaystore as rs
 
@@ -285,6 +288,162 @@ def test_update_priorities_skips_slots_that_are_not_committed(tmp_path):
     sampler.update_priorities([30, 40, 63, 64, -1, 1000], [5.0] * 6)
     assert np.array_equal(store.priority_index().leaf(np.arange(64)), before)
     store.close()
+
+
+# -- updates after the ring overwrote sampled slots ----------------------------------------------
+
+def ring_with_priorities(path: Path, capacity: int = 64) -> tuple[rs.Store, rs.PrioritizedSampler]:
+    """A full ring (rows 0..capacity-1) with priorities 1..capacity and running max 100."""
+    store = rs.create(path, {"obs": {"shape": (2,), "dtype": "float32", "chunk_rows": 8}},
+                      capacity=capacity, commit_every_rows=1 << 20)
+    g = np.arange(capacity)
+    store.extend({"obs": np.stack([g, -g], 1).astype(np.float32),
+                  "reward": np.zeros(capacity, np.float32),
+                  "terminated": np.zeros(capacity, bool), "truncated": np.zeros(capacity, bool)})
+    store.commit()
+    sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0, seed=3)
+    sampler.update_priorities([0], [100.0])
+    sampler.update_priorities(store.slots(), np.arange(1.0, capacity + 1))
+    return store, sampler
+
+
+def append_rows(store: rs.Store, first: int, count: int, *, commit: bool = True) -> None:
+    g = np.arange(first, first + count)
+    store.extend({"obs": np.stack([g, -g], 1).astype(np.float32),
+                  "reward": np.zeros(count, np.float32),
+                  "terminated": np.zeros(count, bool), "truncated": np.zeros(count, bool)})
+    if commit:
+        store.commit()
+
+
+def test_batches_carry_the_rows_their_slots_held(tmp_path):
+    store = build(tmp_path / "s", 150, capacity=64)
+    rs.PrioritizedSampler(store, alpha=0.6).update_priorities(store.slots(), np.ones(64))
+    for sampler in (rs.PrioritizedSampler(store, alpha=0.6, seed=0), rs.UniformSampler(store),
+                    rs.SequenceSampler(store, 3, pad=True), rs.EpisodeSampler(store)):
+        batch = sampler.sample(1 if isinstance(sampler, rs.EpisodeSampler) else 40)
+        m = store.manifest
+        assert batch.window == (m.start, m.end, m.capacity)
+        assert batch.rows.shape == batch.indices.shape and batch.rows.dtype == np.int64
+        assert ((batch.rows >= m.start) & (batch.rows < m.end)).all()
+        assert np.array_equal(batch.rows % 64, batch.indices)
+        assert np.array_equal(store.get(batch.indices)["obs"][..., 0], batch.rows)  # obs[0] = g
+    assert rs.Batch(np.arange(3)).rows is None
+    assert rs.Batch(np.arange(3), window=(0, 3, None)).rows.tolist() == [0, 1, 2]
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["plain", "batch", "rows", "batch-after-another"])
+def test_update_after_the_ring_overwrote_sampled_slots_skips_the_new_rows(tmp_path, how):
+    store, sampler = ring_with_priorities(tmp_path / "s")
+    batch = sampler.sample(48)
+    sampled = np.unique(batch.indices)
+    append_rows(store, 64, 20)  # rows 64..83 replace rows 0..19 in slots 0..19
+    if how == "batch-after-another":
+        sampler.sample(8)  # the Batch still names the rows it was drawn from
+    index = store.priority_index()
+    before = index.leaf(np.arange(64)).copy()
+    assert (before[:20] == 100.0).all()  # the new rows: the running max
+    td = 1000.0 + batch.indices  # unique per slot (duplicates carry the same value)
+    if how == "plain":  # the indices of the sampler's most recent batch
+        sampler.update_priorities(batch.indices, td)
+    elif how == "rows":
+        sampler.update_priorities(batch.indices, td, rows=batch.rows)
+    else:
+        sampler.update_priorities(batch, td)
+    after = index.leaf(np.arange(64))
+    overwritten = sampled[sampled < 20]
+    kept = sampled[sampled >= 20]
+    assert len(overwritten) and len(kept)
+    assert (after[overwritten] == 100.0).all(), "new rows lost their fresh priority"
+    assert np.array_equal(after[kept], 1000.0 + kept), "surviving sampled rows not updated"
+    untouched = np.setdiff1d(np.arange(64), sampled)
+    assert np.array_equal(after[untouched], before[untouched])
+    assert index.max_priority == 1000.0 + kept.max()
+    assert_tree_sums(index)
+    store.close()
+
+
+def test_update_skips_rows_retired_but_not_yet_replaced(tmp_path):
+    """Rows the ring retired (its start moved) are skipped even before new rows commit."""
+    store, sampler = ring_with_priorities(tmp_path / "s", capacity=16)
+    batch = sampler.sample(32)
+    append_rows(store, 16, 9, commit=False)  # a full ring retires rows before overwriting
+    m = store.manifest
+    sampler.update_priorities(batch, np.full(32, 7.0))
+    retired = np.unique(batch.rows[batch.rows < m.start]) % 16
+    live = np.unique(batch.rows[batch.rows >= m.start]) % 16
+    index = store.priority_index()
+    assert (index.leaf(retired) == 0).all()
+    assert (index.leaf(live) == 7.0).all()
+    store.commit()
+    assert (index.leaf(np.arange(16, 25) % 16) == 100.0).all()
+    store.close()
+
+
+def test_plain_indices_of_a_sampler_that_never_sampled_name_the_current_rows(tmp_path):
+    store, _ = ring_with_priorities(tmp_path / "s")
+    append_rows(store, 64, 10)
+    updater = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0)
+    updater.update_priorities([3, 40], [5.0, 6.0])  # slot 3 holds row 67 now: it is updated
+    assert store.priority_index().leaf(np.array([3, 40])).tolist() == [5.0, 6.0]
+    store.close()
+
+
+def test_rows_that_do_not_match_the_indices_are_refused(tmp_path):
+    store, sampler = ring_with_priorities(tmp_path / "s")
+    batch = sampler.sample(4)
+    before = store.priority_index().leaf(np.arange(64)).copy()
+    with pytest.raises(ValueError, match="rows"):
+        sampler.update_priorities(batch.indices, np.ones(4), rows=batch.rows + 1)
+    with pytest.raises(ValueError, match="rows"):
+        sampler.update_priorities(batch.indices, np.ones(4), rows=batch.rows[:3])
+    assert np.array_equal(store.priority_index().leaf(np.arange(64)), before)
+    store.close()
+
+
+def assert_tree_sums(index: rs.PriorityIndex) -> None:
+    n = index.leaves
+    s = np.asarray(index.sum)
+    assert np.array_equal(s[1:n], s[2:2 * n:2] + s[3:2 * n:2])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(4, 40), initial=st.integers(1, 80), batch_size=st.integers(1, 30),
+       appends=st.lists(st.tuples(st.integers(1, 50), st.booleans()), max_size=3),
+       how=st.sampled_from(["plain", "batch", "rows"]), seed=st.integers(0, 2**32 - 1))
+def test_an_update_changes_exactly_the_sampled_rows_still_committed(
+        capacity, initial, batch_size, appends, how, seed):
+    """Model check: after any appends and commits between sample and update, the update sets
+    the slots whose sampled row is still committed (last value wins) and nothing else."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = rs.create(Path(tmp) / "s", {"obs": {"shape": (2,), "dtype": "float32",
+                                                    "chunk_rows": 4}},
+                          capacity=capacity, commit_every_rows=1 << 20)
+        append_rows(store, 0, initial)
+        sampler = rs.PrioritizedSampler(store, alpha=0.5, eps=0.0, seed=seed)
+        batch = sampler.sample(batch_size)
+        drawn_rows = store.manifest.row_of(batch.indices)
+        end = initial
+        for count, commit in appends:
+            append_rows(store, end, count, commit=commit)
+            end += count
+        index = store.priority_index()
+        before = index.leaf(np.arange(capacity)).copy()
+        values = np.random.default_rng(seed).uniform(1.0, 9.0, batch_size)
+        if how == "plain":
+            sampler.update_priorities(batch.indices, values)
+        elif how == "rows":
+            sampler.update_priorities(batch.indices, values, rows=batch.rows)
+        else:
+            sampler.update_priorities(batch, values)
+        expected = before.copy()
+        m = store.manifest
+        for slot, row, value in zip(batch.indices, drawn_rows, values, strict=True):
+            if m.start <= row < m.end:
+                expected[slot] = value ** 0.5
+        np.testing.assert_array_equal(index.leaf(np.arange(capacity)), expected)
+        store.close()
 
 
 # -- uniform sampling ---------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def test_fields_subset_prioritized_and_sequence_extras(tmp_path):
     prio = next(iter(DataLoader(ReplayDataset(store.path, 16, sampler="prioritized",
                                               fields=["frame"], beta=0.5),
                                 batch_size=None)))
-    assert set(prio) == {"frame", "indices", "weights", "probabilities"}
+    assert set(prio) == {"frame", "indices", "rows", "weights", "probabilities"}
+    assert prio["rows"].dtype == torch.int64
+    assert torch.equal(prio["rows"], prio["indices"])  # no ring: rows are slots
     assert prio["weights"].dtype == torch.float32 and prio["probabilities"].dtype == torch.float64
     assert ((prio["weights"] > 0) & (prio["weights"] <= 1)).all()
     assert_matches_store(store, prio, ["frame"])
@@ -425,6 +427,39 @@ def test_priority_updates_in_the_main_process_reach_the_workers(tmp_path, prefet
             assert p == pytest.approx(expected[slot])
         assert_matches_store(store, batch)
     del it
+    store.close()
+
+
+def test_priority_updates_from_loader_batches_skip_rows_the_ring_overwrote(tmp_path):
+    """A batch's "rows" travel with it (through the shared slots too), so an update made after
+    the writer overwrote some of its slots reaches only the rows the batch read."""
+    store = make_store(tmp_path / "s", 200, capacity=200, priorities=True)
+    updater = rs.PrioritizedSampler(store, alpha=0.6, eps=0.0)  # never samples
+    updater.update_priorities([0], [50.0])  # running max: new rows get 50
+    loader = ReplayLoader(ReplayDataset(store.path, 64, sampler="prioritized", seed=2),
+                          num_workers=2, multiprocessing_context="fork", prefetch_factor=1)
+    it = iter(loader)
+    batch = next(it)
+    del it
+    slots, drawn = batch["indices"].numpy(), batch["rows"].numpy()
+    assert batch["rows"].dtype == torch.int64
+    assert np.array_equal(batch["action"].numpy(), drawn)  # action == global row number
+    assert np.array_equal(drawn % 200, slots)
+    store.extend(rows(200, 60))  # rows 200..259 replace rows 0..59 in slots 0..59
+    store.commit()
+    index = store.priority_index()
+    before = index.leaf(np.arange(200)).copy()
+    td = torch.from_numpy(slots.astype(np.float64) + 1.0)
+    updater.update_priorities(batch["indices"], td, rows=batch["rows"])
+    after = index.leaf(np.arange(200))
+    sampled = np.unique(slots)
+    gone, kept = sampled[sampled < 60], sampled[sampled >= 60]
+    assert len(gone) and len(kept)
+    np.testing.assert_array_equal(after[gone], before[gone])  # fresh: 50 ** 0.6
+    np.testing.assert_allclose(after[gone], 50.0 ** 0.6)
+    np.testing.assert_allclose(after[kept], (kept + 1.0) ** 0.6)
+    untouched = np.setdiff1d(np.arange(200), sampled)
+    np.testing.assert_array_equal(after[untouched], before[untouched])
     store.close()
 
 

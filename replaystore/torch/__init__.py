@@ -3,8 +3,9 @@
 This is the only module of replaystore that imports torch; ``import replaystore`` never does.
 
 * :class:`ReplayDataset` is an ``IterableDataset`` that yields *whole batches*, each a dict of
-  tensors: the store's fields plus ``"indices"`` (int64 slots), ``"weights"`` (float32) and
-  ``"probabilities"`` (float64) for prioritized sampling, ``"mask"`` (bool) for sequences. Use
+  tensors: the store's fields plus ``"indices"`` (int64 slots), ``"rows"`` (int64 global row
+  numbers), ``"weights"`` (float32) and ``"probabilities"`` (float64) for prioritized
+  sampling, ``"mask"`` (bool) for sequences. Use
   it with ``DataLoader(dataset, batch_size=None, num_workers=K)``. It holds the store's path
   and options only, so it pickles in a few hundred bytes (spawn start method); every worker
   opens its own read-only store on first use and calls ``refresh()`` before each batch, so it
@@ -48,13 +49,16 @@ wraps them without a copy. Handing a batch from a worker to the main process cos
 
 Priorities. Open the store for writing in the training process and update priorities there;
 the workers map the same priority index read-only and sample from the new priorities from
-their next batch on (batches already prefetched keep the old ones)::
+their next batch on (batches already prefetched keep the old ones). Pass the batch's
+``"rows"`` with its ``"indices"``: a slot the ring has overwritten since a worker read it then
+keeps its new row's priority instead of taking the old row's TD error (``indices`` alone
+name whatever rows those slots hold when the update is made)::
 
     writer = rs.open(path, "a")
     updater = rs.PrioritizedSampler(writer, alpha=0.6)
     for batch in loader:
         td = learner.step(batch)
-        updater.update_priorities(batch["indices"], td.abs().detach().cpu())
+        updater.update_priorities(batch["indices"], td.abs().detach().cpu(), rows=batch["rows"])
 
 Examples
 --------

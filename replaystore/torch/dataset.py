@@ -23,7 +23,7 @@ from .world import _PERMUTE, World, _rng
 OutFor = Callable[[tuple[int, ...]], dict[str, np.ndarray] | None]
 SamplerKind = Literal["uniform", "prioritized", "sequence", "epoch"]
 SAMPLERS: tuple[str, ...] = ("uniform", "prioritized", "sequence", "epoch")
-EXTRA_KEYS = ("indices", "weights", "probabilities", "mask")
+EXTRA_KEYS = ("indices", "rows", "weights", "probabilities", "mask")
 # Attempts at drawing a batch whose slots this worker's snapshot can read (see _draw).
 _ATTEMPTS = 8
 
@@ -53,9 +53,12 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
     """Batches sampled from a replay store, for ``DataLoader(dataset, batch_size=None)``.
 
     Each item is one whole batch: ``{field: tensor}`` with a leading batch axis (``(B, L)`` for
-    sequences), plus ``"indices"`` (int64 slots, pass them back to ``update_priorities``),
-    ``"weights"`` (float32) and ``"probabilities"`` (float64) in prioritized mode and
-    ``"mask"`` (bool, False on padded steps) in sequence mode.
+    sequences), plus ``"indices"`` (int64 slots), ``"rows"`` (int64 global row numbers of
+    those slots, as read), ``"weights"`` (float32) and ``"probabilities"`` (float64) in
+    prioritized mode and ``"mask"`` (bool, False on padded steps) in sequence mode. Pass
+    ``"indices"`` and ``"rows"`` back to ``update_priorities(batch["indices"], td,
+    rows=batch["rows"])`` so that rows the ring overwrote since the batch was drawn are
+    skipped.
 
     The dataset holds the path and options only; the store is opened lazily, read-only, in the
     process that iterates (each ``DataLoader`` worker), and refreshed before every
@@ -216,7 +219,7 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
             else:  # a guess (derived fields may be larger); a batch too big goes as tensors
                 per_row = sum(store.schema[name].row_nbytes for name in names)
         rows = self.batch_size * (self.length or 1)
-        extras = 8 + 4 + 8 + 1  # indices, weights, probabilities, mask
+        extras = 8 + 8 + 4 + 8 + 1  # indices, rows, weights, probabilities, mask
         return rows * (per_row + extras) + 64 * (len(names) + len(EXTRA_KEYS))
 
     def _plan(self, start: int, end: int) -> _EpochPlan:
@@ -376,7 +379,11 @@ class ReplayDataset(IterableDataset):  # type: ignore[type-arg]
             mask = batch.mask
             if isinstance(sampler, SequenceSampler) and mask is None:
                 mask = np.ones(slots.shape, bool)
-            return _arrays(data, indices=slots, weights=batch.weights,
+            # The rows just read (the snapshot may have moved since the sample): the main
+            # process's update_priorities(..., rows=) skips those the ring overwrites later.
+            rows = (store.manifest.row_of(slots) if isinstance(sampler, PrioritizedSampler)
+                    else None)
+            return _arrays(data, indices=slots, rows=rows, weights=batch.weights,
                            probabilities=batch.probabilities, mask=mask)
         raise StaleReadError(f"could not draw a readable batch from {self.path!r} in "
                              f"{_ATTEMPTS} attempts: the writer kept replacing the sampled rows")

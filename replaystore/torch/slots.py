@@ -24,11 +24,14 @@ Layout = tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, dtype, shape
 
 
 def _arrays(data: dict[str, np.ndarray], *, indices: np.ndarray,
-            weights: np.ndarray | None = None, probabilities: np.ndarray | None = None,
+            rows: np.ndarray | None = None, weights: np.ndarray | None = None,
+            probabilities: np.ndarray | None = None,
             mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The batch as contiguous numpy arrays, the sampler's extras in their documented dtypes."""
     out = {name: np.ascontiguousarray(array) for name, array in data.items()}
     out["indices"] = np.ascontiguousarray(indices, dtype=np.int64)
+    if rows is not None:
+        out["rows"] = np.ascontiguousarray(rows, dtype=np.int64)
     if weights is not None:
         out["weights"] = np.ascontiguousarray(weights, dtype=np.float32)
     if probabilities is not None:
