@@ -126,6 +126,17 @@ class LocalBackend:
         finally:
             os.close(fd)
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes stored at ``key`` from ``offset`` (fewer past its end)."""
+        fd = _open_no_link(self._path(key), os.O_RDONLY | os.O_NONBLOCK, key)
+        try:
+            _regular_size(fd, key)
+            return os.pread(fd, length, offset)
+        except OSError as exc:
+            raise _naming(exc, self.root / key) from None
+        finally:
+            os.close(fd)
+
     def write(self, key: str, data: bytes | memoryview, *, durable: bool = False) -> None:
         """Atomically replace ``key`` with ``data``.
 

@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,7 @@ TOP_NODES = 1024
 MAX_LEAF = 2.0 ** 960
 MIN_LEAF = 2.0 ** -1000
 _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
+UNDO_PIECE_RECORDS = 1 << 20  # undo records read at a time during recovery (16 MiB)
 
 
 @dataclass(frozen=True)
@@ -245,15 +247,30 @@ class PriorityIndex:
         self.header = PriorityHeader(**{**self.header.to_json(), **changes})  # type: ignore[arg-type]
         write_header(self.backend, self.header)
 
-    def _log_records(self) -> np.ndarray:
+    def _log_length(self) -> int:
+        """Records in the undo log."""
         if self._undo is not None:
             self._undo.flush()
-        data = self.backend.read(UNDO)
-        return np.frombuffer(data, _UNDO_RECORD, count=len(data) // _UNDO_RECORD.itemsize)
+        return self.backend.size(UNDO) // _UNDO_RECORD.itemsize
+
+    def _log_pieces(self) -> Iterator[np.ndarray]:
+        """The undo log's records, newest piece first (each piece in log order), read a bounded
+        piece at a time: a log can grow long between commits, and a file planted in its place
+        (gigabytes, sparse) must not be read whole."""
+        size = _UNDO_RECORD.itemsize
+        stop = self._log_length()
+        while stop > 0:
+            first = max(0, stop - UNDO_PIECE_RECORDS)
+            data = self.backend.read_range(UNDO, first * size, (stop - first) * size)
+            yield np.frombuffer(data, _UNDO_RECORD, count=len(data) // size)
+            stop = first
 
     def log_checkpoint(self) -> int | None:
         """The checkpoint the undo log starts from (None for an empty or foreign log)."""
-        records = self._log_records()
+        if self._undo is not None:
+            self._undo.flush()
+        data = self.backend.read_range(UNDO, 0, _UNDO_RECORD.itemsize)
+        records = np.frombuffer(data, _UNDO_RECORD, count=len(data) // _UNDO_RECORD.itemsize)
         if len(records) == 0 or records["slot"][0] != -1:
             return None
         return int(records["old"][0])
@@ -269,11 +286,13 @@ class PriorityIndex:
         paths repairs the index without reading the whole file.
         """
         leaves = self.sum[self.leaves:]
-        records = self._log_records()
-        records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
-        if undo:
-            # Replay newest first, so each slot ends at the oldest value logged for it.
-            leaves[records["slot"][::-1]] = records["old"][::-1]
+        logged = np.zeros(self.leaves, bool)
+        # A full rebuild needs the log only to undo; a partial one, to know the changed paths.
+        for records in self._log_pieces() if undo or not rebuild else ():
+            records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
+            if undo:  # newest first, so each slot ends at the oldest value logged for it
+                leaves[records["slot"][::-1]] = records["old"][::-1]
+            logged[records["slot"]] = True
         start, end, capacity = window
         valid = np.zeros(self.leaves, bool)
         rows = np.arange(start, end)
@@ -281,7 +300,8 @@ class PriorityIndex:
         # Scanning the leaves reads them; only real changes write (and dirty pages).
         stray = np.flatnonzero((leaves != 0) & (~valid | ~np.isfinite(leaves) | (leaves < 0)))
         leaves[stray] = 0.0
-        changed = np.unique(np.concatenate((records["slot"], stray)))
+        logged[stray] = True
+        changed = np.flatnonzero(logged)
         if rebuild:
             self.rebuild()
         elif len(changed):
@@ -321,7 +341,7 @@ class PriorityIndex:
 
     def has_uncommitted_changes(self) -> bool:
         """Whether leaves changed since the last checkpoint (the undo log holds records)."""
-        return self._undo is not None and len(self._log_records()) > 1
+        return self._undo is not None and self._log_length() > 1
 
     def close(self) -> None:
         """Flush and mark the index clean (writers); later opens skip recovery."""
