@@ -38,7 +38,7 @@ import numpy as np
 
 from .backend import LocalBackend
 from .codecs import crc_bytes
-from .errors import CorruptStoreError, ReadOnlyError, SchemaError
+from .errors import CorruptStoreError, ReadOnlyError, SchemaError, SyncError
 from .layout import JSON_LIMIT, META, loads
 
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
@@ -54,6 +54,9 @@ MAX_LEAF = 2.0 ** 960
 MIN_LEAF = 2.0 ** -1000
 _UNDO_RECORD = np.dtype([("slot", "<i8"), ("old", "<f8")])
 UNDO_PIECE_RECORDS = 1 << 20  # undo records read at a time during recovery (16 MiB)
+LOG_START = -2  # first record of an undo log whose records carry LOG_MARK
+LOG_START_UNMARKED = -1  # ... of a log written before records were marked
+LOG_MARK = np.int64(1 << 62)  # set in every record's slot: a zero-filled record lacks it
 
 
 @dataclass(frozen=True)
@@ -253,27 +256,50 @@ class PriorityIndex:
             self._undo.flush()
         return self.backend.size(UNDO) // _UNDO_RECORD.itemsize
 
-    def _log_pieces(self) -> Iterator[np.ndarray]:
-        """The undo log's records, newest piece first (each piece in log order), read a bounded
-        piece at a time: a log can grow long between commits, and a file planted in its place
-        (gigabytes, sparse) must not be read whole."""
+    def _log_pieces(self, first: int, stop: int, *,
+                    newest_first: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Records ``[first, stop)`` of the undo log as (index of the piece's first record,
+        records), read a bounded piece at a time: a log can grow long between commits, and a
+        file planted in its place (gigabytes, sparse) must not be read whole."""
         size = _UNDO_RECORD.itemsize
-        stop = self._log_length()
-        while stop > 0:
-            first = max(0, stop - UNDO_PIECE_RECORDS)
-            data = self.backend.read_range(UNDO, first * size, (stop - first) * size)
-            yield np.frombuffer(data, _UNDO_RECORD, count=len(data) // size)
-            stop = first
+        starts = list(range(first, stop, UNDO_PIECE_RECORDS))
+        for start in reversed(starts) if newest_first else starts:
+            end = min(stop, start + UNDO_PIECE_RECORDS)
+            data = self.backend.read_range(UNDO, start * size, (end - start) * size)
+            yield start, np.frombuffer(data, _UNDO_RECORD, count=len(data) // size)
 
-    def log_checkpoint(self) -> int | None:
-        """The checkpoint the undo log starts from (None for an empty or foreign log)."""
+    def _log_start(self) -> tuple[int, int] | None:
+        """The undo log's first record (kind, checkpoint), or None for an empty log."""
         if self._undo is not None:
             self._undo.flush()
         data = self.backend.read_range(UNDO, 0, _UNDO_RECORD.itemsize)
-        records = np.frombuffer(data, _UNDO_RECORD, count=len(data) // _UNDO_RECORD.itemsize)
-        if len(records) == 0 or records["slot"][0] != -1:
+        if len(data) < _UNDO_RECORD.itemsize:
             return None
-        return int(records["old"][0])
+        record = np.frombuffer(data, _UNDO_RECORD)[0]
+        return int(record["slot"]), int(record["old"])
+
+    def log_checkpoint(self) -> int | None:
+        """The checkpoint the undo log starts from (None for an empty or foreign log)."""
+        start = self._log_start()
+        if start is None or start[0] not in (LOG_START, LOG_START_UNMARKED):
+            return None
+        return start[1]
+
+    def _valid_log(self) -> tuple[int, bool]:
+        """How many records from the start of the undo log are whole, and whether they carry
+        the mark. Appends are not synced one by one, so after a power cut the log may end in
+        records the file system zero-filled (its size reached the disk, its data did not):
+        replaying those would set slot 0 to 0. Every record carries a mark bit in its slot;
+        the first one without it ends the log."""
+        length = self._log_length()
+        start = self._log_start()
+        if start is None or start[0] != LOG_START:
+            return length, False  # a log written before records were marked
+        for first, records in self._log_pieces(1, length):
+            bad = (records["slot"] & LOG_MARK) == 0
+            if bad.any():
+                return first + int(np.argmax(bad)), True
+        return length, True
 
     def recover(self, window: tuple[int, int, int | None], *, undo: bool,
                 rebuild: bool = False) -> None:
@@ -288,11 +314,14 @@ class PriorityIndex:
         leaves = self.sum[self.leaves:]
         logged = np.zeros(self.leaves, bool)
         # A full rebuild needs the log only to undo; a partial one, to know the changed paths.
-        for records in self._log_pieces() if undo or not rebuild else ():
-            records = records[(records["slot"] >= 0) & (records["slot"] < self.leaves)]
+        length, marked = self._valid_log() if undo or not rebuild else (0, False)
+        for _, records in self._log_pieces(1, length, newest_first=True):
+            slots = records["slot"] & ~LOG_MARK if marked else records["slot"]
+            keep = (slots >= 0) & (slots < self.leaves)
+            slots, old = slots[keep], records["old"][keep]
             if undo:  # newest first, so each slot ends at the oldest value logged for it
-                leaves[records["slot"][::-1]] = records["old"][::-1]
-            logged[records["slot"]] = True
+                leaves[slots[::-1]] = old[::-1]
+            logged[slots] = True
         start, end, capacity = window
         valid = np.zeros(self.leaves, bool)
         rows = np.arange(start, end)
@@ -325,7 +354,17 @@ class PriorityIndex:
             level = half
 
     def flush(self) -> None:
-        """Write the trees' dirty pages to disk (before a commit records this state)."""
+        """Write the trees' dirty pages to disk (before a commit records this state).
+
+        The undo log is synced first: a power cut after the tree's pages reached the disk but
+        before the commit's manifest did must find every record that undoes them.
+        """
+        if self._undo is not None:
+            self._undo.flush()
+            try:
+                os.fsync(self._undo.fileno())
+            except OSError as exc:
+                raise SyncError(exc.errno, exc.strerror, str(self.backend.root / UNDO)) from None
         self._file.flush()
 
     def checkpoint_now(self, number: int) -> None:
@@ -334,7 +373,7 @@ class PriorityIndex:
             raise ReadOnlyError("this store's priority index is open read-only; open the store "
                                 "with mode='a' to change priorities")
         self._undo.truncate(0)
-        start = np.array([(-1, float(number))], _UNDO_RECORD)
+        start = np.array([(LOG_START, float(number))], _UNDO_RECORD)
         self._undo.write(start.tobytes())
         self._undo.flush()
         os.fsync(self._undo.fileno())  # the checkpoint a later recovery compares against
@@ -410,7 +449,7 @@ class PriorityIndex:
             return
         nodes = slots + self.leaves
         record = np.empty(len(slots), _UNDO_RECORD)
-        record["slot"], record["old"] = slots, self.sum[nodes]
+        record["slot"], record["old"] = slots | LOG_MARK, self.sum[nodes]
         self._undo.write(record.tobytes())
         self._undo.flush()
         # Fancy assignment keeps the last of duplicate slots, as documented.
