@@ -202,6 +202,7 @@ class PriorityIndex:
         plain = trees.view(np.ndarray)
         self.sum, self.inv = plain[0], plain[1]
         self._undo = backend.open_log(UNDO) if writable else None
+        self._owner = os.getpid()  # a forked child must not write the writer's index
         self.max_priority = 1.0  # the largest priority given so far; new rows get it
 
     # -- life cycle -----------------------------------------------------------------------
@@ -443,6 +444,9 @@ class PriorityIndex:
         if not self.writable or self._undo is None:
             raise ReadOnlyError("this store's priority index is open read-only; open the store "
                                 "with mode='a' to change priorities")
+        if os.getpid() != self._owner:
+            raise ReadOnlyError(f"this priority index was opened for writing by process "
+                                f"{self._owner}; a process forked from it may only read it")
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         values = np.asarray(leaf_values, dtype=np.float64).reshape(-1)
         if len(slots) == 0:

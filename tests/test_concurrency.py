@@ -130,14 +130,18 @@ FORKED = textwrap.dedent("""
     import replaystore as rs
     from conftest import rows_for
     store = rs.open(sys.argv[1], "a")
-    store.priority_index()
+    per = rs.PrioritizedSampler(store, seed=0)
     pid = os.fork()
     if pid == 0:  # the child: every way it could drop or use the parent's lock
         try:
             store.append({k: v[0] for k, v in rows_for(store.schema, 0, 1).items()})
             print("child appended", flush=True)
         except rs.ReadOnlyError:
-            print("child refused", flush=True)
+            try:
+                per.update_priorities([0, 1], [5.0, 5.0])
+                print("child updated priorities", flush=True)
+            except rs.ReadOnlyError:
+                print("child refused", flush=True)
         store.close()
         del store
         os._exit(0) if sys.argv[3] == "_exit" else sys.exit(0)
