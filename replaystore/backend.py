@@ -51,6 +51,7 @@ class LocalBackend:
         self.root = Path(root)
         self._counter = itertools.count()
         self._unsynced_dirs: set[Path] = set()
+        self._data_synced: set[str] = set()  # keys whose last write synced its data
         self._safe_dirs: set[Path] = set()
 
     def __repr__(self) -> str:
@@ -164,6 +165,9 @@ class LocalBackend:
                 view = view[os.write(fd, view):]
             if durable or replaces:
                 _fsync(fd, path)
+                self._data_synced.add(key)  # sync() then has only the folder to sync
+            else:
+                self._data_synced.discard(key)
         except BaseException as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -185,12 +189,15 @@ class LocalBackend:
         dirs = set()
         for key in keys:
             path = self._path(key)
+            dirs.add(path.parent)
+            if key in self._data_synced:
+                self._data_synced.discard(key)
+                continue
             fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK, key)
             try:
                 _fsync(fd, path)
             finally:
                 os.close(fd)
-            dirs.add(path.parent)
         for directory in dirs:
             self._fsync_dir(directory)
         self.sync_dirs()
