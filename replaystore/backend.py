@@ -1,16 +1,16 @@
-"""The one place that touches files: every chunk, manifest, episode block and lock goes through here.
+"""The local file system as :class:`~replaystore.storage.Storage`, plus what only a local disk
+offers.
 
-Keys are ``/``-separated relative names (``obs/c/3/0``, ``_replaystore/manifest.json``). The
-verbs are few on purpose, so that an object-storage backend can implement the same set later:
-``read``, ``write`` (atomic replace), ``sync`` (make earlier writes durable), ``exists``,
-``size``, ``delete``, ``list``, and ``lock`` for the single-writer lock. The priority index
-needs three more that only local storage offers: ``allocate`` (space reserved), ``memmap`` and
-``open_log`` (an append-only undo log); an object-storage backend keeps that index on local
-disk.
+Keys are ``/``-separated relative names (``obs/c.3.0``, ``_replaystore/manifest.json``) under
+one root folder. The protocol's verbs (``get``, ``get_range``, ``put``, ``put_if_absent``,
+``sync``, ``exists``, ``size``, ``delete``, ``list``) are all the layers above need to keep a
+store; the rest of this class is local-only and used in few places: ``allocate``, ``memmap``
+and ``open_log`` by the priority index; ``lock`` for the single-writer lock; and the folder
+swap of prune, compact and repair.
 
-Unlike zarr's local store, ``write`` never exposes a half-written file (it writes a temporary
-file and renames it over the key) and durable writes fsync the file before the rename and the
-directory after it.
+Unlike zarr's local store, ``put`` never exposes a half-written file (it writes a temporary
+file and renames it over the key), a key that holds bytes is only replaced by synced bytes,
+and durable puts fsync the file before the rename and the directory after it.
 """
 
 from __future__ import annotations
@@ -30,25 +30,19 @@ import numpy as np
 
 from .errors import CorruptStoreError, SyncError
 from .lock import WriterLock
+from .storage.base import TEMPORARY_MARK, BytesLike, Capabilities, Storage, check_key, check_new_key
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
-TMP_MARK = ".tmp-"
+TMP_MARK = TEMPORARY_MARK
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
-def check_key(key: str) -> str:
-    """Refuse keys that could escape the store (absolute paths, ``..``, odd characters)."""
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") or not _SEGMENT.fullmatch(p) for p in parts):
-        raise CorruptStoreError(f"refusing unsafe storage key {key!r}", key=key)
-    return key
-
-
-class LocalBackend:
+class LocalBackend(Storage):
     """Files under one root directory of the local file system."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self.capabilities = Capabilities(local_path=self.root, atomic_exchange=True,
+                                         conditional_put=True)
         self._counter = itertools.count()
         self._unsynced_dirs: set[Path] = set()
         self._data_synced: set[str] = set()  # keys whose last write synced its data
@@ -100,7 +94,7 @@ class LocalBackend:
         if folder.is_dir():
             self._safe_dirs.add(folder)
 
-    def read(self, key: str, *, limit: int | None = None) -> bytes:
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
         """Return the bytes stored at ``key``; FileNotFoundError if there are none.
 
         ``limit`` is the most bytes the format allows at this key: a larger file (a sparse
@@ -109,7 +103,7 @@ class LocalBackend:
         """
         # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it;
         # O_NONBLOCK: opening a FIFO planted in a store must not wait for a writer forever.
-        fd = _open_no_link(self._path(key), os.O_RDONLY | os.O_NONBLOCK, key)
+        fd = self._open_value(key)
         try:
             size = _regular_size(fd, key)
             if limit is not None and size > limit:
@@ -127,9 +121,12 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def read_range(self, key: str, offset: int, length: int) -> bytes:
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes stored at ``key`` from ``offset`` (fewer past its end)."""
-        fd = _open_no_link(self._path(key), os.O_RDONLY | os.O_NONBLOCK, key)
+        if offset < 0 or length < 0:
+            raise ValueError(f"get_range of {key!r}: offset {offset} and length {length} must "
+                             "be >= 0")
+        fd = self._open_value(key)
         try:
             _regular_size(fd, key)
             return os.pread(fd, length, offset)
@@ -138,7 +135,17 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def write(self, key: str, data: bytes | memoryview, *, durable: bool = False) -> None:
+    def _open_value(self, key: str) -> int:
+        """A read-only descriptor of the value at ``key``; FileNotFoundError when none is (also
+        when a folder on its path holds a value: ``v/w`` under a value ``v``)."""
+        # O_NOFOLLOW: a symlink planted in a store must not make us read outside of it;
+        # O_NONBLOCK: opening a FIFO planted in a store must not wait for a writer forever.
+        try:
+            return _open_no_link(self._path(key), os.O_RDONLY | os.O_NONBLOCK, key)
+        except NotADirectoryError:
+            raise FileNotFoundError(errno.ENOENT, "no value", str(self.root / key)) from None
+
+    def put(self, key: str, data: BytesLike, *, durable: bool = False) -> None:
         """Atomically replace ``key`` with ``data``.
 
         Readers see the old bytes or the new ones, never a mix. With ``durable=True`` the data
@@ -151,7 +158,7 @@ class LocalBackend:
         renaming first and syncing later could leave committed rows in a file of 0 bytes after
         a power cut. A new key is not synced until :meth:`sync`: it holds nothing committed.
         """
-        path = self._path(key)
+        path = self._path(check_new_key(key))
         self._make_parent(path)
         replaces = os.path.lexists(path)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
@@ -160,9 +167,7 @@ class LocalBackend:
         except OSError as exc:
             raise _naming(exc, path) from None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             if durable or replaces:
                 _fsync(fd, path)
                 self._data_synced.add(key)  # sync() then has only the folder to sync
@@ -175,10 +180,43 @@ class LocalBackend:
                 raise _naming(exc, path) from None
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # a folder at the key, say
+            tmp.unlink(missing_ok=True)
+            raise _naming(exc, path) from None
         if durable:
             self._fsync_dir(path.parent)
             self.sync_dirs()
+
+    def put_if_absent(self, key: str, data: BytesLike) -> bool:
+        """Create ``key`` durably unless it exists (False: another writer won the race).
+
+        Written and synced under a temporary name, then ``link(2)``ed to the key: the link
+        fails if the key exists (race-free, on NFS too) and never exposes a partly written
+        value, as creating the key itself with O_EXCL would (to readers, and to a crash that
+        would leave an empty key no later call can replace).
+        """
+        path = self._path(check_new_key(key))
+        self._make_parent(path)
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            try:
+                _write_all(fd, data)
+                _fsync(fd, path)
+            finally:
+                os.close(fd)
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise exc if isinstance(exc, SyncError) else _naming(exc, path) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._fsync_dir(path.parent)
+        self.sync_dirs()
+        return True
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make earlier non-durable writes of ``keys`` (and the directories holding them) durable.
@@ -193,13 +231,19 @@ class LocalBackend:
             if key in self._data_synced:
                 self._data_synced.discard(key)
                 continue
-            fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK, key)
+            try:
+                fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK, key)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted (or never made): syncing its folder makes that durable
             try:
                 _fsync(fd, path)
             finally:
                 os.close(fd)
         for directory in dirs:
-            self._fsync_dir(directory)
+            while not directory.is_dir() and directory != self.root:
+                directory = directory.parent  # a folder emptied by deletes went too
+            if directory.is_dir():
+                self._fsync_dir(directory)
         self.sync_dirs()
 
     def sync_dirs(self) -> None:
@@ -208,17 +252,46 @@ class LocalBackend:
             self._fsync_dir(self._unsynced_dirs.pop())
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        """Whether something is stored at ``key`` (a folder of other keys is not; a link or
+        FIFO planted there is, and reading it raises CorruptStoreError)."""
+        try:
+            return not stat.S_ISDIR(os.lstat(self._path(key)).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        """Bytes stored at ``key``; FileNotFoundError when it holds no value."""
+        try:
+            st = os.lstat(self._path(key))
+        except NotADirectoryError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "no value", str(self.root / key))
+        return st.st_size
 
     def allocated(self, key: str) -> int:
         """Bytes of disk the stored value occupies (less than its size when sparse)."""
         return self._path(key).stat().st_blocks * 512
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    def delete(self, key: str, *, durable: bool = False) -> None:
+        """Remove ``key`` (nothing to do when it holds no value), and the folders it leaves
+        empty; ``durable``: the removal survives a power cut when this returns."""
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._data_synced.discard(key)
+        folder = path.parent
+        while folder != self.root:
+            try:
+                folder.rmdir()  # only when empty: "a" can then hold a value after "a/b" went
+            except OSError:
+                break
+            self._safe_dirs.discard(folder)
+            folder = folder.parent
+        if durable:
+            self._fsync_dir(folder)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` (a directory key, or "" for all), temporary files excluded."""
@@ -454,6 +527,12 @@ class LocalBackend:
             _fsync(fd, directory)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, data: BytesLike) -> None:
+    view = memoryview(data).cast("B")  # bytes, whatever the item size of the view given
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync(fd: int, path: Path) -> None:

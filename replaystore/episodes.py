@@ -96,7 +96,7 @@ class EpisodeTable:
             lo = block * BLOCK - self._tail_base
             payload = self._tail[lo:lo + BLOCK].tobytes()
             key = episode_block_key(block)
-            backend.write(key, payload + crc_bytes(payload))
+            backend.put(key, payload + crc_bytes(payload))
             keys.append(key)
         self.persisted = self.count
         keep_from = (self.count // BLOCK) * BLOCK
@@ -161,7 +161,7 @@ def retire_blocks(backend: LocalBackend, table: EpisodeTable, first_row: int,
 def read_block(backend: LocalBackend, block: int) -> np.ndarray:
     key = episode_block_key(block)
     try:
-        data = backend.read(key, limit=BLOCK * RECORD.itemsize + CHECKSUM_BYTES)
+        data = backend.get(key, limit=BLOCK * RECORD.itemsize + CHECKSUM_BYTES)
     except FileNotFoundError:
         raise CorruptStoreError(f"episode block {key!r} is missing", key=key) from None
     payload = data[:-CHECKSUM_BYTES]

@@ -142,7 +142,7 @@ def _state_problem(state: Any) -> str | None:
 def load_manifest(backend: LocalBackend) -> Manifest:
     """Read the last committed manifest."""
     try:
-        raw = backend.read(MANIFEST, limit=JSON_LIMIT)
+        raw = backend.get(MANIFEST, limit=JSON_LIMIT)
     except FileNotFoundError:
         raise StoreNotFoundError(f"no replay store at {str(backend.root)!r} "
                                  f"({MANIFEST} is missing)") from None
@@ -171,5 +171,5 @@ def commit_manifest(backend: LocalBackend, manifest: Manifest) -> Manifest:
     """Durably replace the manifest; returns it with a fresh sequence number and time."""
     committed = manifest.replace(commit_seq=manifest.commit_seq + 1, commit_time=time.time())
     doc = committed.to_json()
-    backend.write(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)
+    backend.put(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)
     return committed

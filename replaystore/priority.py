@@ -213,7 +213,7 @@ class PriorityIndex:
         if not (isinstance(alpha, int | float) and 0 <= alpha <= 10 and math.isfinite(alpha)):
             raise SchemaError(f"alpha must be a number in [0, 10], got {alpha!r}")
         backend.allocate(TREE.format(leaves=leaves_for(slots)), 2 * 2 * leaves_for(slots) * 8)
-        backend.write(UNDO, b"")
+        backend.put(UNDO, b"")
         header = PriorityHeader(slots=slots, alpha=float(alpha), clean=False)
         write_header(backend, header)
         return cls(backend, header, writable=True)
@@ -266,14 +266,14 @@ class PriorityIndex:
         starts = list(range(first, stop, UNDO_PIECE_RECORDS))
         for start in reversed(starts) if newest_first else starts:
             end = min(stop, start + UNDO_PIECE_RECORDS)
-            data = self.backend.read_range(UNDO, start * size, (end - start) * size)
+            data = self.backend.get_range(UNDO, start * size, (end - start) * size)
             yield start, np.frombuffer(data, _UNDO_RECORD, count=len(data) // size)
 
     def _log_start(self) -> tuple[int, int] | None:
         """The undo log's first record (kind, checkpoint), or None for an empty log."""
         if self._undo is not None:
             self._undo.flush()
-        data = self.backend.read_range(UNDO, 0, _UNDO_RECORD.itemsize)
+        data = self.backend.get_range(UNDO, 0, _UNDO_RECORD.itemsize)
         if len(data) < _UNDO_RECORD.itemsize:
             return None
         record = np.frombuffer(data, _UNDO_RECORD)[0]
@@ -535,7 +535,7 @@ def leaves_for(slots: int) -> int:
 
 def write_header(backend: LocalBackend, header: PriorityHeader) -> None:
     doc = header.to_json()
-    backend.write(HEADER, json.dumps({**doc, "crc32c": _checksum(doc)}).encode(), durable=True)
+    backend.put(HEADER, json.dumps({**doc, "crc32c": _checksum(doc)}).encode(), durable=True)
 
 
 def _checksum(doc: dict[str, object]) -> str:
@@ -545,7 +545,7 @@ def _checksum(doc: dict[str, object]) -> str:
 
 def read_header(backend: LocalBackend) -> PriorityHeader:
     try:
-        doc = loads(backend.read(HEADER, limit=JSON_LIMIT), HEADER)
+        doc = loads(backend.get(HEADER, limit=JSON_LIMIT), HEADER)
         stored = doc.pop("crc32c", None)
         header = PriorityHeader(**doc)
     except FileNotFoundError:
@@ -570,7 +570,9 @@ def read_header(backend: LocalBackend) -> PriorityHeader:
 
 
 def exists(backend: LocalBackend) -> bool:
-    return backend.exists(HEADER)
+    """Whether the store has a priority index: its header, or a tree whose header was lost
+    (which opening then reports as damage rather than as no index at all)."""
+    return backend.exists(HEADER) or any(key.endswith(".tree") for key in backend.list(META))
 
 
 __all__ = ["MAX_LEAF", "MIN_LEAF", "PriorityIndex", "check_priorities", "exists",

@@ -105,7 +105,7 @@ class Reader:
     def _read(self, field: Field, chunk: int) -> tuple[bytes, str]:
         key = chunk_key(field, chunk)
         try:
-            data = self.backend.read(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
+            data = self.backend.get(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
                                                                  field.row_nbytes))
         except FileNotFoundError:
             self.check_identity()

@@ -419,10 +419,10 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
     backend.make_container()
     lock = backend.lock(LOCK)
     try:
-        backend.write(GROUP, dumps(group_document(schema, capacity)))
-        backend.write(META_GROUP, dumps(meta_group_document()))
+        backend.put(GROUP, dumps(group_document(schema, capacity)))
+        backend.put(META_GROUP, dumps(meta_group_document()))
         for f in schema:
-            backend.write(array_key(f.name), dumps(array_document(f, 0)))
+            backend.put(array_key(f.name), dumps(array_document(f, 0)))
         backend.sync([GROUP, META_GROUP, *(array_key(f.name) for f in schema)])
         manifest = commit_manifest(backend, Manifest(schema.hash, capacity))
     except BaseException:
@@ -484,7 +484,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
 
 def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
     try:
-        doc = loads(backend.read(GROUP, limit=JSON_LIMIT), GROUP)
+        doc = loads(backend.get(GROUP, limit=JSON_LIMIT), GROUP)
         meta = doc["attributes"]["replaystore"]
     except FileNotFoundError:
         raise CorruptStoreError(f"store {str(backend.root)!r} has no {GROUP}", key=GROUP) from None
@@ -524,7 +524,7 @@ def _check_newest_row(backend: LocalBackend, schema: Schema, manifest: Manifest)
     for field in schema:
         key = chunk_key(field, slot // field.chunk_rows)
         try:
-            data = backend.read(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
+            data = backend.get(key, limit=max_stored_bytes(field.codec, field.chunk_rows,
                                                             field.row_nbytes))
             # Decoded, not just found: an empty file planted there must not pass.
             if field.codec.per_row:

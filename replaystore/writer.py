@@ -65,7 +65,7 @@ class _FieldBuffer:
         self.stale[:] = False
         key = chunk_key(self.field, chunk)
         try:
-            data = backend.read(key, limit=max_stored_bytes(self.field.codec, self.rows,
+            data = backend.get(key, limit=max_stored_bytes(self.field.codec, self.rows,
                                                             self.field.row_nbytes))
         except FileNotFoundError:
             return
@@ -275,7 +275,7 @@ class Writer:
             buf.keep[i] = buf.stale[i] = True
         self._guard(buf.newest)
         key = chunk_key(buf.field, buf.chunk)
-        self.backend.write(key, buf.encode())
+        self.backend.put(key, buf.encode())
         self._unsynced.add(key)
         buf.dirty = False
 
@@ -347,5 +347,5 @@ class Writer:
         if extent == self._extent_written:
             return
         for field in self.schema:
-            self.backend.write(array_key(field.name), dumps(array_document(field, extent)))
+            self.backend.put(array_key(field.name), dumps(array_document(field, extent)))
         self._extent_written = extent

@@ -173,7 +173,7 @@ def craft(path: Path, open_episode: tuple[int, int, float] | None) -> None:
     backend = LocalBackend(path)
     doc = load_manifest(backend).to_json()
     doc["open_episode"] = None if open_episode is None else list(open_episode)
-    backend.write(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)
+    backend.put(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def error(exc):
 store = rs.create(path, FIELDS, capacity=capacity, commit_every_rows=1 << 40)
 end, per = 0, None
 backend = store._backend
-for verb in ("write", "allocate"):  # note which file failed (the OSError does not say)
+for verb in ("put", "allocate"):  # note which file failed (the OSError does not say)
     def wrapped(key, *args, _inner=getattr(backend, verb), **kwargs):
         try:
             return _inner(key, *args, **kwargs)
