@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import LocalBackend
 from .codecs import CHECKSUM_BYTES, crc_bytes
 from .errors import CorruptStoreError
 from .layout import episode_block_key
+from .storage.base import Storage
 
 BLOCK = 4096
 RECORD = np.dtype([("start", "<i8"), ("length", "<i8"), ("return", "<f8"),
@@ -86,7 +86,7 @@ class EpisodeTable:
         self.count += len(new)
         self.open_length, self.open_return = 0, 0.0
 
-    def persist(self, backend: LocalBackend) -> list[str]:
+    def persist(self, backend: Storage) -> list[str]:
         """Write the blocks holding unpersisted episodes (not durable: the caller syncs the keys)."""
         if self.count == self.persisted:
             return []
@@ -104,13 +104,13 @@ class EpisodeTable:
         self._tail_base = keep_from
         return keys
 
-    def _load_tail(self, backend: LocalBackend) -> None:
+    def _load_tail(self, backend: Storage) -> None:
         if not self._tail_loaded:
             block = read_block(backend, self._tail_base // BLOCK)[: self.persisted - self._tail_base]
             self._tail = np.concatenate((block, self._tail))
             self._tail_loaded = True
 
-    def finished(self, backend: LocalBackend, first_row: int = 0, *,
+    def finished(self, backend: Storage, first_row: int = 0, *,
                  clip: bool = False) -> np.ndarray:
         """Finished episodes whose first row is still stored (global row >= ``first_row``).
 
@@ -140,7 +140,7 @@ class EpisodeTable:
         return table[PUBLIC_FIELDS]
 
 
-def retire_blocks(backend: LocalBackend, table: EpisodeTable, first_row: int,
+def retire_blocks(backend: Storage, table: EpisodeTable, first_row: int,
                   oldest: int) -> int:
     """Delete the persisted blocks, from block ``oldest`` on, whose episodes all end at or before
     global row ``first_row`` (a ring's window start), so that a ring's episode table stays
@@ -158,7 +158,7 @@ def retire_blocks(backend: LocalBackend, table: EpisodeTable, first_row: int,
     return oldest
 
 
-def read_block(backend: LocalBackend, block: int) -> np.ndarray:
+def read_block(backend: Storage, block: int) -> np.ndarray:
     key = episode_block_key(block)
     try:
         data = backend.get(key, limit=BLOCK * RECORD.itemsize + CHECKSUM_BYTES)

@@ -22,6 +22,23 @@ from .errors import WriterLockedError
 # lock for microseconds; see holder()).
 _PROBE_WAIT_SECONDS = 1.0
 
+# This process's pid, kept current across fork() so that checking "is this the process that
+# took the lock?" on every append costs no system call.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """This process's pid (cached; updated in a forked child)."""
+    return _pid
+
 
 class WriterLock:
     """A held lock; release it with :meth:`release` (also done when the process exits)."""
@@ -34,7 +51,7 @@ class WriterLock:
     @property
     def owned(self) -> bool:
         """Whether this process took the lock (False in a forked child)."""
-        return self._fd is not None and os.getpid() == self._owner
+        return self._fd is not None and _pid == self._owner
 
     @classmethod
     def acquire(cls, path: Path, fd: int) -> WriterLock:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import LocalBackend
 from .codecs import crc_bytes
 from .errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
 from .layout import FORMAT_VERSION, JSON_LIMIT, MANIFEST, dumps, loads
+from .storage.base import Storage
 
 MAX_ROWS = 1 << 48
 
@@ -139,13 +139,14 @@ def _state_problem(state: Any) -> str | None:
     return None
 
 
-def load_manifest(backend: LocalBackend) -> Manifest:
+def load_manifest(backend: Storage) -> Manifest:
     """Read the last committed manifest."""
     try:
         raw = backend.get(MANIFEST, limit=JSON_LIMIT)
     except FileNotFoundError:
-        raise StoreNotFoundError(f"no replay store at {str(backend.root)!r} "
-                                 f"({MANIFEST} is missing)") from None
+        folder = backend.capabilities.local_path
+        where = f"at {str(folder)!r}" if folder is not None else f"in {backend!r}"
+        raise StoreNotFoundError(f"no replay store {where} ({MANIFEST} is missing)") from None
     doc = loads(raw, MANIFEST)
     stored = doc.pop("crc32c", None) if isinstance(doc, dict) else None
     damaged = stored is not None and stored != _checksum(doc)  # older manifests have none
@@ -167,7 +168,7 @@ def _checksum(doc: dict[str, Any]) -> str:
     return crc_bytes(dumps(doc)).hex()
 
 
-def commit_manifest(backend: LocalBackend, manifest: Manifest) -> Manifest:
+def commit_manifest(backend: Storage, manifest: Manifest) -> Manifest:
     """Durably replace the manifest; returns it with a fresh sequence number and time."""
     committed = manifest.replace(commit_seq=manifest.commit_seq + 1, commit_time=time.time())
     doc = committed.to_json()

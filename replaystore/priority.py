@@ -40,6 +40,7 @@ from .backend import LocalBackend
 from .codecs import crc_bytes
 from .errors import CorruptStoreError, ReadOnlyError, SchemaError, SyncError
 from .layout import JSON_LIMIT, META, loads
+from .lock import current_pid
 
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
 HEADER = f"{META}/priority.json"
@@ -362,11 +363,16 @@ class PriorityIndex:
         """
         if self._undo is not None:
             self._undo.flush()
-            try:
-                os.fsync(self._undo.fileno())
-            except OSError as exc:
-                raise SyncError(exc.errno, exc.strerror, str(self.backend.root / UNDO)) from None
+            self._sync_log()
         self._file.flush()
+
+    def _sync_log(self) -> None:
+        """fsync the undo log; a failure is a SyncError naming it (the writer then stops)."""
+        assert self._undo is not None
+        try:
+            os.fsync(self._undo.fileno())
+        except OSError as exc:
+            raise SyncError(exc.errno, exc.strerror, str(self.backend.root / UNDO)) from None
 
     def checkpoint_now(self, number: int) -> None:
         """Start a new undo log: the state flushed last is checkpoint ``number``."""
@@ -377,7 +383,7 @@ class PriorityIndex:
         start = np.array([(LOG_START, float(number))], _UNDO_RECORD)
         self._undo.write(start.tobytes())
         self._undo.flush()
-        os.fsync(self._undo.fileno())  # the checkpoint a later recovery compares against
+        self._sync_log()  # the checkpoint a later recovery compares against
 
     def has_uncommitted_changes(self) -> bool:
         """Whether leaves changed since the last checkpoint (the undo log holds records)."""
@@ -444,7 +450,7 @@ class PriorityIndex:
         if not self.writable or self._undo is None:
             raise ReadOnlyError("this store's priority index is open read-only; open the store "
                                 "with mode='a' to change priorities")
-        if os.getpid() != self._owner:
+        if current_pid() != self._owner:
             raise ReadOnlyError(f"this priority index was opened for writing by process "
                                 f"{self._owner}; a process forked from it may only read it")
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)

@@ -11,28 +11,31 @@ decoded: if rows of the snapshot in that chunk may have been replaced, the read 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .backend import LocalBackend
 from .cache import ChunkPool, ShardCache
 from .codecs import decode_chunk, max_stored_bytes
 from .errors import CorruptChunkError, StaleReadError, StoreReplacedError
 from .layout import chunk_key
 from .manifest import Manifest, load_manifest
 from .schema import Field, Schema
+from .storage.base import Storage
 
 
 class Reader:
     """Reads committed rows of one snapshot through byte-budgeted caches."""
 
-    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest,
+    def __init__(self, backend: Storage, schema: Schema, manifest: Manifest,
                  cache_bytes: int) -> None:
         self.backend = backend
         self.schema = schema
         self.manifest = manifest
-        self._identity = backend.identity()
+        # Only a store of local files can have its folder swapped by prune, compact or repair.
+        self._folder = backend.capabilities.local_path
+        self._identity = None if self._folder is None else _identity(self._folder)
         self._caches: dict[str, ChunkPool | ShardCache] = {
             f.name: (ShardCache if f.codec.per_row else ChunkPool)(f, budget)
             for f, budget in zip(schema, split_budget(schema, cache_bytes), strict=True)}
@@ -115,14 +118,17 @@ class Reader:
         return data, key
 
     def check_identity(self) -> None:
-        """Raise StoreReplacedError if prune, compact or repair replaced the store's folder."""
+        """Raise StoreReplacedError if prune, compact or repair replaced the store's folder
+        (a storage without a local folder has none to replace: nothing to check)."""
+        if self._folder is None:
+            return
         try:
-            same = self.backend.identity() == self._identity
+            same = _identity(self._folder) == self._identity
         except FileNotFoundError:
             same = False
         if not same:
             raise StoreReplacedError(
-                f"the store at {str(self.backend.root)!r} was replaced (pruned, compacted or "
+                f"the store at {str(self._folder)!r} was replaced (pruned, compacted or "
                 "repaired) after this reader opened it: its slots changed; open it again")
 
     def _load(self, field: Field, chunk: int, dest: np.ndarray) -> None:
@@ -172,6 +178,13 @@ class Reader:
                       for a, b in changed]
             self._caches[field.name].invalidate(np.concatenate(chunks))
         return True
+
+
+def _identity(folder: os.PathLike[str]) -> tuple[int, int]:
+    """What the store's folder currently is (device, inode), as ``LocalBackend.identity``: it
+    changes when the store is replaced."""
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 MIN_CHUNKS = 4  # decoded chunks each chunked field keeps when the budget allows

@@ -17,7 +17,6 @@ from typing import Protocol
 
 import numpy as np
 
-from .backend import LocalBackend
 from .codecs import (
     decode_chunk,
     encode_chunk,
@@ -31,6 +30,7 @@ from .errors import CorruptChunkError, CorruptStoreError, SyncError, WriterFaile
 from .layout import META, array_document, array_key, chunk_key, dumps, episode_block_key
 from .manifest import Manifest, commit_manifest
 from .schema import Field, Schema
+from .storage.base import Storage
 
 
 class _FieldBuffer:
@@ -52,8 +52,9 @@ class _FieldBuffer:
         self.stale = np.zeros(self.rows, bool)
         # Rows to store; a next_of field keeps only episode ends and the newest row.
         self.keep = np.ones(self.rows, bool)
+        self.derived_next = field.next_of is not None  # read on every append
 
-    def open(self, chunk: int, backend: LocalBackend) -> None:
+    def open(self, chunk: int, backend: Storage) -> None:
         """Start filling ``chunk``, keeping whatever committed rows its file already holds."""
         self.chunk, self.base = chunk, chunk * self.rows
         self.end = self.base + self.rows
@@ -113,7 +114,7 @@ class PublishHooks(Protocol):
 class Writer:
     """Appends rows to a store and commits them; one per store at a time (see lock.py)."""
 
-    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest, *,
+    def __init__(self, backend: Storage, schema: Schema, manifest: Manifest, *,
                  commit_every_rows: int, commit_every_seconds: float,
                  hooks: PublishHooks) -> None:
         self.backend = backend
@@ -145,7 +146,8 @@ class Writer:
 
     def append(self, values: list[np.ndarray]) -> None:
         """Append one validated row (values in schema order)."""
-        self._check_usable()
+        if self._failed is not None:
+            self._check_usable()
         try:
             self._append(values)
         except SyncError as exc:
@@ -157,14 +159,14 @@ class Writer:
         slot = self.slot(row)
         done = bool(values[self._terminated]) or bool(values[self._truncated])
         for buf, value in zip(self._fields, values, strict=True):
-            if buf.field.next_of is not None:
+            if buf.derived_next:
                 self._check_previous(buf, values)
             if not buf.base <= slot < buf.end:
                 self._switch(buf, slot)
             i = slot - buf.base
             buf.buffer[i] = value
             buf.stale[i] = True
-            if buf.field.next_of is not None:
+            if buf.derived_next:
                 buf.keep[i] = done
             buf.newest, buf.dirty = row, True
             if slot + 1 == buf.end:
