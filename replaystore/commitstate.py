@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from . import priority
-from .backend import LocalBackend
 from .errors import CorruptStoreError, ReadOnlyError, SchemaError
 from .manifest import Manifest
 from .priority import PriorityIndex
+from .storage.local import LocalStorage
 
 if TYPE_CHECKING:
     from .reader import Reader
@@ -36,7 +36,7 @@ def _slots(manifest: Manifest, first: int, stop: int) -> np.ndarray:
 class CommitState:
     """The priority index and named samplers of one open store."""
 
-    def __init__(self, backend: LocalBackend, reader: Reader, *, writable: bool) -> None:
+    def __init__(self, backend: LocalStorage, reader: Reader, *, writable: bool) -> None:
         self.backend = backend
         self.reader = reader
         self.writable = writable

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import LocalBackend
 from .codecs import crc_bytes
 from .errors import CorruptStoreError, ReadOnlyError, SchemaError, SyncError
 from .layout import JSON_LIMIT, META, loads
 from .lock import current_pid
+from .storage.local import LocalStorage
 
 TREE = f"{META}/priority-{{leaves}}.tree"  # named by size, so a grown index is a new file
 HEADER = f"{META}/priority.json"
@@ -181,7 +181,7 @@ class PriorityIndex:
     readers map the file read-only and see the writer's updates as they happen.
     """
 
-    def __init__(self, backend: LocalBackend, header: PriorityHeader, *, writable: bool) -> None:
+    def __init__(self, backend: LocalStorage, header: PriorityHeader, *, writable: bool) -> None:
         self.backend = backend
         self.header = header
         self.writable = writable
@@ -209,7 +209,7 @@ class PriorityIndex:
     # -- life cycle -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, backend: LocalBackend, slots: int, alpha: float) -> PriorityIndex:
+    def create(cls, backend: LocalStorage, slots: int, alpha: float) -> PriorityIndex:
         """Make an empty index (all priorities 0) for ``slots`` slots."""
         if not (isinstance(alpha, int | float) and 0 <= alpha <= 10 and math.isfinite(alpha)):
             raise SchemaError(f"alpha must be a number in [0, 10], got {alpha!r}")
@@ -220,7 +220,7 @@ class PriorityIndex:
         return cls(backend, header, writable=True)
 
     @classmethod
-    def open(cls, backend: LocalBackend, *, writable: bool, window: tuple[int, int, int | None],
+    def open(cls, backend: LocalStorage, *, writable: bool, window: tuple[int, int, int | None],
              checkpoint: int, max_priority: float = 1.0) -> PriorityIndex:
         """Open an existing index; a writer repairs it first if it was not closed cleanly.
 
@@ -539,7 +539,7 @@ def leaves_for(slots: int) -> int:
     return 1 << max(1, (slots - 1).bit_length())
 
 
-def write_header(backend: LocalBackend, header: PriorityHeader) -> None:
+def write_header(backend: LocalStorage, header: PriorityHeader) -> None:
     doc = header.to_json()
     backend.put(HEADER, json.dumps({**doc, "crc32c": _checksum(doc)}).encode(), durable=True)
 
@@ -549,7 +549,7 @@ def _checksum(doc: dict[str, object]) -> str:
     return crc_bytes(json.dumps(doc, sort_keys=True).encode()).hex()
 
 
-def read_header(backend: LocalBackend) -> PriorityHeader:
+def read_header(backend: LocalStorage) -> PriorityHeader:
     try:
         doc = loads(backend.get(HEADER, limit=JSON_LIMIT), HEADER)
         stored = doc.pop("crc32c", None)
@@ -575,7 +575,7 @@ def read_header(backend: LocalBackend) -> PriorityHeader:
     return header
 
 
-def exists(backend: LocalBackend) -> bool:
+def exists(backend: LocalStorage) -> bool:
     """Whether the store has a priority index: its header, or a tree whose header was lost
     (which opening then reports as damage rather than as no index at all)."""
     return backend.exists(HEADER) or any(key.endswith(".tree") for key in backend.list(META))

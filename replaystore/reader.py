@@ -181,7 +181,7 @@ class Reader:
 
 
 def _identity(folder: os.PathLike[str]) -> tuple[int, int]:
-    """What the store's folder currently is (device, inode), as ``LocalBackend.identity``: it
+    """What the store's folder currently is (device, inode), as ``LocalStorage.identity``: it
     changes when the store is replaced."""
     st = os.stat(folder)
     return st.st_dev, st.st_ino

@@ -1,7 +1,7 @@
 """Rewriting a store into a fresh copy of itself: what prune, compact and repair build on.
 
 The copy is built in a staging folder beside the store, committed and synced there, and then
-swapped in with one atomic folder exchange (:meth:`LocalBackend.replace_with`); where the file
+swapped in with one atomic folder exchange (:meth:`LocalStorage.replace_with`); where the file
 system has no exchange (NFS), with an intent file and two renames that the next ``open``
 completes after a crash. A crash at any moment therefore leaves the old store or the new one,
 never a mix, and the store's writer lock is held throughout, so no rows can be appended to the

@@ -10,7 +10,6 @@ from typing import Any, Literal
 import numpy as np
 
 from . import frames, priority
-from .backend import LocalBackend
 from .codecs import decode_chunk, max_stored_bytes, parse_shard
 from .commitstate import CommitState
 from .episodes import EpisodeTable
@@ -44,6 +43,7 @@ from .manifest import MAX_ROWS, Manifest, commit_manifest, load_manifest
 from .priority import PriorityIndex
 from .reader import Reader
 from .schema import FieldSpec, Schema
+from .storage import LocalStorage, open_storage
 from .writer import Writer
 
 DEFAULT_CACHE_BYTES = 512 << 20
@@ -75,7 +75,7 @@ class Store:
     array([1])
     """
 
-    def __init__(self, backend: LocalBackend, schema: Schema, manifest: Manifest, *,
+    def __init__(self, backend: LocalStorage, schema: Schema, manifest: Manifest, *,
                  mode: Literal["r", "a"], cache_bytes: int, lock: WriterLock | None = None,
                  commit_every_rows: int = DEFAULT_COMMIT_ROWS,
                  commit_every_seconds: float = DEFAULT_COMMIT_SECONDS) -> None:
@@ -398,7 +398,7 @@ def create(path: str | os.PathLike[str], fields: Mapping[str, FieldSpec] | Schem
                           f"None, got {capacity!r}")
     capacity = None if capacity is None else int(capacity)
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
-    backend = LocalBackend(path)
+    backend = open_storage(path)
     backend.finish_replace()  # a swap a crash interrupted: the store it left is the one here
     if not backend.is_empty():
         if not (overwrite or _interrupted_create(backend)):
@@ -453,7 +453,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
     _check_thresholds(cache_bytes, commit_every_rows, commit_every_seconds)
-    backend = LocalBackend(path)
+    backend = open_storage(path)
     try:
         backend.finish_replace()
         found = backend.is_container()
@@ -482,7 +482,7 @@ def open(path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", *,
         raise
 
 
-def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
+def _load_schema(backend: LocalStorage, manifest: Manifest) -> Schema:
     try:
         doc = loads(backend.get(GROUP, limit=JSON_LIMIT), GROUP)
         meta = doc["attributes"]["replaystore"]
@@ -509,7 +509,7 @@ def _load_schema(backend: LocalBackend, manifest: Manifest) -> Schema:
     return schema
 
 
-def _check_newest_row(backend: LocalBackend, schema: Schema, manifest: Manifest) -> None:
+def _check_newest_row(backend: LocalStorage, schema: Schema, manifest: Manifest) -> None:
     """Refuse a manifest that claims more chunks than a reader should index (millions) unless
     the data is there: a commit syncs every chunk file before the manifest names its rows, so
     the chunk holding the newest committed row exists in every field.
@@ -548,7 +548,7 @@ def _check_thresholds(cache_bytes: int, rows: int, seconds: float) -> None:
         raise ValueError(f"commit_every_seconds must be positive, got {seconds!r}")
 
 
-def _interrupted_create(backend: LocalBackend) -> bool:
+def _interrupted_create(backend: LocalStorage) -> bool:
     """A folder left by a create() that died before its first commit record: the lock and
     metadata documents only. A store that lost its manifest but holds data is not one."""
     return (backend.exists(LOCK) and not backend.exists(MANIFEST)

@@ -31,7 +31,6 @@ from typing import NamedTuple
 import numpy as np
 
 from . import priority
-from .backend import TMP_MARK, LocalBackend
 from .codecs import parse_shard
 from .episodes import BLOCK, PUBLIC_FIELDS, RECORD, read_block
 from .errors import (
@@ -47,6 +46,7 @@ from .manifest import Manifest, load_manifest
 from .priority import PriorityIndex
 from .rewrite import RewriteReport, rewrite
 from .schema import Field
+from .storage import TEMPORARY_MARK, LocalStorage, open_storage
 from .store import Store, open
 
 # How often one check may be overtaken by a writer's commits before verify gives up on it.
@@ -138,7 +138,7 @@ def _verify(path: str | os.PathLike[str],
     try:
         store = open(path, cache_bytes=0)
     except StoreNotFoundError as exc:
-        backend = LocalBackend(path)
+        backend = open_storage(path)
         if not (backend.is_container() and backend.exists(GROUP) and backend.exists(LOCK)):
             raise  # not a store at all
         report.problems.append(Problem(MANIFEST, f"the commit record is missing ({exc})"))
@@ -359,7 +359,7 @@ def _check_episodes(store: Store, report: VerifyReport) -> list[Problem]:
     return problems
 
 
-def _episode_records(backend: LocalBackend, m: Manifest, ends: np.ndarray | None
+def _episode_records(backend: LocalStorage, m: Manifest, ends: np.ndarray | None
                      ) -> tuple[np.ndarray, int | None, list[Problem]]:
     """The finished-episode records of the blocks that may hold an episode ending in the
     window, oldest first; the row after the last finished episode (None if unknown); problems.
@@ -519,7 +519,7 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
                           np.ascontiguousarray(b).view(np.int64))
 
 
-def _check_leftovers(backend: LocalBackend, report: VerifyReport) -> None:
+def _check_leftovers(backend: LocalStorage, report: VerifyReport) -> None:
     try:
         holder = backend.lock_holder(LOCK)
     except CorruptStoreError as exc:  # a lock that is a symbolic link
@@ -529,7 +529,7 @@ def _check_leftovers(backend: LocalBackend, report: VerifyReport) -> None:
         report.warnings.append(f"process {holder} is writing the store; each chunk was checked "
                                "at the newest commit when it was read")
         return
-    temporary = sum(TMP_MARK in name for _, _, files in os.walk(backend.root) for name in files)
+    temporary = sum(TEMPORARY_MARK in name for _, _, files in os.walk(backend.root) for name in files)
     if temporary:
         report.warnings.append(f"{temporary} temporary files left by a writer that died "
                                "mid-write (the next writer removes them)")
@@ -574,7 +574,7 @@ def require_no_writer(path: str | os.PathLike[str]) -> None:
     :func:`repair` calls it first; a path that holds no store passes (verify reports it).
     """
     try:
-        holder = LocalBackend(path).lock_holder(LOCK)
+        holder = open_storage(path).lock_holder(LOCK)
     except (OSError, CorruptStoreError):
         return
     if holder is not None:
@@ -635,7 +635,7 @@ def repair(path: str | os.PathLike[str], *, rollback: bool = False, dry_run: boo
         with open(path, cache_bytes=0) as store:
             plan = _plan(store, report, rollback)
         return RepairReport(report, None, index_bad, True, rollback, *plan[1:])
-    alpha = _drop_index(LocalBackend(path)) if index_bad else None
+    alpha = _drop_index(open_storage(path)) if index_bad else None
     plans: list[_Plan] = []
 
     def keep(store: Store) -> np.ndarray:
@@ -651,7 +651,7 @@ def repair(path: str | os.PathLike[str], *, rollback: bool = False, dry_run: boo
 
 def _snapshot(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     try:
-        m = load_manifest(LocalBackend(path))
+        m = load_manifest(open_storage(path))
     except (OSError, ReplayStoreError):
         return None
     return (m.generation, m.commit_seq)
@@ -693,7 +693,7 @@ def _plan(store: Store, report: VerifyReport, rollback: bool) -> _Plan:
     return _Plan(rows[keep], len(rows), int(keep.sum()), runs, episodes)
 
 
-def _drop_index(backend: LocalBackend) -> float:
+def _drop_index(backend: LocalStorage) -> float:
     """Delete a corrupt priority index (under the writer lock); return its alpha if known."""
     lock = backend.lock(LOCK)
     try:

@@ -211,9 +211,9 @@ def test_probing_the_lock_never_fails_a_writer_opening(tmp_path):
     rs.create(path, FIELDS).close()
     prober = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from replaystore.backend import LocalBackend
+        from replaystore.storage.local import LocalStorage
         from replaystore.layout import LOCK
-        backend = LocalBackend(sys.argv[1])
+        backend = LocalStorage(sys.argv[1])
         deadline = time.monotonic() + float(sys.argv[2])
         print("ready", flush=True)
         while time.monotonic() < deadline:

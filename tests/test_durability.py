@@ -5,7 +5,7 @@ every storage call and can build each state a power cut could leave (mode ``"mix
 storage protocol promises). After every cut, during and between commits, the store must open
 at a commit, never one behind a commit that returned before the cut, and every row of that
 commit must read back byte for byte, with its episode table. Then the steps below the
-protocol: :class:`~replaystore.backend.LocalBackend`'s fsyncs, renames and links, and the
+protocol: :class:`~replaystore.storage.local.LocalStorage`'s fsyncs, renames and links, and the
 priority index's undo log, tree flush and checkpoint around a real commit, observed by
 recording the system calls. Last, an fsync failing at each step of a commit.
 
@@ -17,7 +17,7 @@ removed once, and these are the tests that then failed):
   finds chunks not durable when the manifest was);
 * ``durable=True`` in ``commit_manifest``: every test of the writer (``assert_all_durable``
   after a commit; a cut loses the manifest, or keeps one behind a returned commit);
-* ``LocalBackend.put``'s fsync of a temporary file before it replaces a value:
+* ``LocalStorage.put``'s fsync of a temporary file before it replaces a value:
   ``test_put_over_a_value_syncs_the_new_bytes_before_the_rename`` (and, on real XFS and ext4,
   ``tests/reliability/test_rel_powercut.py``);
 * the folder fsync after a durable put's rename:
@@ -43,7 +43,6 @@ from hypothesis import strategies as st
 
 import replaystore as rs
 from replaystore import frames, priority
-from replaystore.backend import LocalBackend
 from replaystore.episodes import BLOCK, EpisodeTable
 from replaystore.errors import SyncError, WriterFailedError
 from replaystore.layout import (
@@ -60,6 +59,7 @@ from replaystore.manifest import Manifest, commit_manifest, load_manifest
 from replaystore.reader import Reader
 from replaystore.schema import Schema
 from replaystore.storage import MemoryStorage, RecordingStorage
+from replaystore.storage.local import LocalStorage
 from replaystore.writer import Writer
 
 EPISODES = "_replaystore/episodes.*"
@@ -429,7 +429,7 @@ def test_a_failed_sync_at_each_step_of_a_commit(layout: str) -> None:
             raise AssertionError(f"after a SyncError at {what}: {exc}") from exc
 
 
-# -- LocalBackend's own steps, as system calls --------------------------------------------------
+# -- LocalStorage's own steps, as system calls --------------------------------------------------
 
 
 def _path_of(fd: Any) -> str:
@@ -493,8 +493,8 @@ def syscalls(monkeypatch: pytest.MonkeyPatch) -> Syscalls:
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> LocalBackend:
-    backend = LocalBackend(tmp_path / "s")
+def disk(tmp_path: Path) -> LocalStorage:
+    backend = LocalStorage(tmp_path / "s")
     backend.make_container()
     return backend
 
@@ -504,7 +504,7 @@ def real(path: Path) -> str:
 
 
 def test_put_over_a_value_syncs_the_new_bytes_before_the_rename(
-        disk: LocalBackend, syscalls: Syscalls) -> None:
+        disk: LocalStorage, syscalls: Syscalls) -> None:
     """A value that may hold committed bytes is only replaced by bytes already on disk (XFS
     and ext4 ``noauto_da_alloc`` may persist the rename before the data)."""
     disk.put("a/k", b"committed rows")
@@ -519,7 +519,7 @@ def test_put_over_a_value_syncs_the_new_bytes_before_the_rename(
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_durable_put_syncs_file_then_renames_then_syncs_its_folder(
-        disk: LocalBackend, syscalls: Syscalls, existing: bool) -> None:
+        disk: LocalStorage, syscalls: Syscalls, existing: bool) -> None:
     if existing:
         disk.put("meta/m.json", b"old", durable=True)
     syscalls.clear()
@@ -534,7 +534,7 @@ def test_a_durable_put_syncs_file_then_renames_then_syncs_its_folder(
         assert any(i > renamed for i in syscalls.positions("fsync", real(disk.root))), log
 
 
-def test_sync_fsyncs_files_then_their_folders(disk: LocalBackend, syscalls: Syscalls) -> None:
+def test_sync_fsyncs_files_then_their_folders(disk: LocalStorage, syscalls: Syscalls) -> None:
     disk.put("x/old", b"0")
     disk.put("y/gone", b"0")
     disk.sync(["x/old", "y/gone"])
@@ -553,7 +553,7 @@ def test_sync_fsyncs_files_then_their_folders(disk: LocalBackend, syscalls: Sysc
 
 
 def test_put_if_absent_syncs_before_linking_and_the_folder_after(
-        disk: LocalBackend, syscalls: Syscalls) -> None:
+        disk: LocalStorage, syscalls: Syscalls) -> None:
     (disk.root / "locks").mkdir()
     assert disk.put_if_absent("locks/owner", b"pid 1")
     log = syscalls.log
@@ -567,7 +567,7 @@ def test_put_if_absent_syncs_before_linking_and_the_folder_after(
     assert disk.get("locks/owner") == b"pid 1"
 
 
-def test_a_durable_delete_syncs_the_folder(disk: LocalBackend, syscalls: Syscalls) -> None:
+def test_a_durable_delete_syncs_the_folder(disk: LocalStorage, syscalls: Syscalls) -> None:
     disk.put("d/k", b"1")
     disk.put("d/other", b"2")
     disk.sync(["d/k", "d/other"])

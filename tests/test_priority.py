@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import replaystore as rs
-from replaystore.backend import LocalBackend
+from replaystore.storage.local import LocalStorage
 
 FIELDS = {"obs": ((2,), "float32")}
 
@@ -94,7 +94,7 @@ def update_sequences(draw):
 def test_tree_invariants_under_random_updates(case):
     slots, updates = case
     with tempfile.TemporaryDirectory() as tmp:
-        index = rs.PriorityIndex.create(LocalBackend(tmp), slots, 1.0)
+        index = rs.PriorityIndex.create(LocalStorage(tmp), slots, 1.0)
         model = np.zeros(slots)
         for where, values in updates:
             index.set(np.array(where), np.array(values))
@@ -116,7 +116,7 @@ def test_tree_invariants_under_random_updates(case):
 
 
 def test_duplicate_slots_in_one_update_last_wins(tmp_path):
-    index = rs.PriorityIndex.create(LocalBackend(tmp_path), 8, 1.0)
+    index = rs.PriorityIndex.create(LocalStorage(tmp_path), 8, 1.0)
     index.set(np.array([3, 5, 3, 3, 5]), np.array([1.0, 2.0, 7.0, 4.0, 0.5]))
     assert index.leaf(np.array([3, 5])).tolist() == [4.0, 0.5]
     assert index.total == 4.5 and index.min_leaf == 0.5
@@ -137,7 +137,7 @@ def test_large_trees_stay_consistent_for_any_batch_size(tmp_path, batch):
     """Updates walk wide levels one gather at a time and recompute narrow ones whole; both
     must leave every inner node bit-identical to its children, wherever the switch falls."""
     rng = np.random.default_rng(batch)
-    index = rs.PriorityIndex.create(LocalBackend(tmp_path), 5000, 1.0)
+    index = rs.PriorityIndex.create(LocalStorage(tmp_path), 5000, 1.0)
     model = np.zeros(5000)
     for _ in range(4):
         where = rng.integers(0, 5000, batch)
@@ -159,7 +159,7 @@ def test_find_matches_brute_force_on_exact_sums(weights, shift):
     cumulative-sum search exactly, boundaries included; zero leaves are never returned."""
     leaf = np.array(weights, dtype=np.float64) / (1 << shift)
     with tempfile.TemporaryDirectory() as tmp:
-        index = rs.PriorityIndex.create(LocalBackend(tmp), len(leaf), 1.0)
+        index = rs.PriorityIndex.create(LocalStorage(tmp), len(leaf), 1.0)
         index.set(np.arange(len(leaf)), leaf)
         cumulative = np.cumsum(leaf)
         total = cumulative[-1]
@@ -182,7 +182,7 @@ def test_find_below_the_top_search_matches_brute_force(weights):
     leaf = np.zeros(5000)
     leaf[list(weights)] = list(weights.values())
     with tempfile.TemporaryDirectory() as tmp:
-        index = rs.PriorityIndex.create(LocalBackend(tmp), 5000, 1.0)
+        index = rs.PriorityIndex.create(LocalStorage(tmp), 5000, 1.0)
         index.set(np.arange(5000), leaf)
         cumulative = np.cumsum(leaf)
         total = cumulative[-1]
@@ -199,7 +199,7 @@ def test_find_with_arbitrary_floats_lands_in_the_right_range(tmp_path, slots):
     rng = np.random.default_rng(7)
     leaf = rng.lognormal(0, 3, slots)
     leaf[rng.random(slots) < 0.3] = 0.0  # holes: never returned
-    index = rs.PriorityIndex.create(LocalBackend(tmp_path), slots, 1.0)
+    index = rs.PriorityIndex.create(LocalStorage(tmp_path), slots, 1.0)
     index.set(np.arange(slots), leaf)
     cumulative = np.cumsum(leaf)
     total = math.fsum(leaf)
@@ -391,7 +391,7 @@ def test_a_recorded_running_max_past_the_limit_is_lowered_on_open(tmp_path):
     rs.PrioritizedSampler(store, alpha=10.0)
     store.commit()
     store.close()
-    backend = LocalBackend(tmp_path / "s")
+    backend = LocalStorage(tmp_path / "s")
     m = load_manifest(backend)
     commit_manifest(backend, m.replace(state={**m.state, "priority": {
         **m.state["priority"], "max_priority": 1e40}}))
@@ -750,7 +750,7 @@ GROW_CRASH = """
 import os, signal, sys
 import numpy as np
 import replaystore as rs
-from replaystore.backend import LocalBackend
+from replaystore.storage.local import LocalStorage
 from replaystore.priority import PriorityIndex
 
 sys.path.insert(0, sys.argv[3])
@@ -759,7 +759,7 @@ from test_priority import rows
 point = sys.argv[2]
 store = rs.open(sys.argv[1], "a")
 sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0)
-allocate, flush = LocalBackend.allocate, PriorityIndex.flush
+allocate, flush = LocalStorage.allocate, PriorityIndex.flush
 
 
 def allocate_then_die(self, *args, **kwargs):
@@ -774,7 +774,7 @@ def flush_then_die(self):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-LocalBackend.allocate = allocate_then_die
+LocalStorage.allocate = allocate_then_die
 PriorityIndex.flush = flush_then_die
 sampler.update_priorities(np.arange(10), np.full(10, 100.0))  # never committed
 store.extend(rows(1000, 70_000))

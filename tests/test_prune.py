@@ -290,7 +290,7 @@ def test_repair_rebuilds_a_corrupt_index(frames_store):
 
 def test_without_an_atomic_exchange_the_two_rename_swap_is_finished_by_open(make_store,
                                                                            monkeypatch):
-    import replaystore.backend as backend_module
+    import replaystore.storage.local as backend_module
 
     store = make_store()
     fill(store, 140)
@@ -325,7 +325,7 @@ def test_an_old_folder_that_cannot_be_deleted_yet_does_not_block_later_rewrites(
                                                                                monkeypatch):
     """On NFS a deleted file that another process still holds open becomes ``.nfsXXXX`` and
     keeps its folder until it is closed: the old store's folder may outlive a swap."""
-    import replaystore.backend as backend_module
+    import replaystore.storage.local as backend_module
 
     store = make_store()
     fill(store, 140)

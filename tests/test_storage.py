@@ -13,8 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replaystore import backend as backend_module
-from replaystore.backend import TMP_MARK, LocalBackend
 from replaystore.errors import CorruptStoreError, SyncError
 from replaystore.storage import (
     POWER_LOSS_MODES,
@@ -25,6 +23,8 @@ from replaystore.storage import (
     Storage,
     check_key,
 )
+from replaystore.storage import local as backend_module
+from replaystore.storage.local import TMP_MARK, LocalStorage
 from replaystore.storage.testing import StorageTests
 
 # -- conformance ------------------------------------------------------------------------------
@@ -56,11 +56,11 @@ class TestLocalStorage(StorageTests):
     @pytest.fixture
     def storage_factory(self, tmp_path: Path) -> Callable[[], Storage]:
         counter = itertools.count()
-        return lambda: LocalBackend(tmp_path / f"store{next(counter)}")
+        return lambda: LocalStorage(tmp_path / f"store{next(counter)}")
 
     def reopen(self, storage: Storage) -> Storage:
-        assert isinstance(storage, LocalBackend)
-        return LocalBackend(storage.root)
+        assert isinstance(storage, LocalStorage)
+        return LocalStorage(storage.root)
 
 
 # -- the key rule -----------------------------------------------------------------------------

@@ -17,11 +17,11 @@ import pytest
 from conftest import rows_for
 
 import replaystore as rs
-from replaystore.backend import LocalBackend
 from replaystore.codecs import parse_shard, shard_index_nbytes
 from replaystore.episodes import BLOCK
 from replaystore.layout import MANIFEST, dumps, episode_block_key
 from replaystore.manifest import _checksum, load_manifest
+from replaystore.storage.local import LocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_repair_of_a_damaged_shard_index_drops_the_episodes_of_the_whole_shard(
 
 def craft(path: Path, open_episode: tuple[int, int, float] | None) -> None:
     """Replace the manifest's episode in progress, with a valid checksum."""
-    backend = LocalBackend(path)
+    backend = LocalStorage(path)
     doc = load_manifest(backend).to_json()
     doc["open_episode"] = None if open_episode is None else list(open_episode)
     backend.put(MANIFEST, dumps({**doc, "crc32c": _checksum(doc)}), durable=True)

@@ -9,9 +9,33 @@ The conformance tests every implementation passes are in :mod:`replaystore.stora
 
 from __future__ import annotations
 
+import os
+
 from .base import TEMPORARY_MARK, BytesLike, Capabilities, Storage, check_key, check_new_key
+from .local import LocalStorage
 from .memory import POWER_LOSS_MODES, Change, MemoryStorage, PowerLossMode
 from .recording import VERBS, Event, Fault, RecordingStorage
+
+Location = str | os.PathLike[str]
+
+
+def open_storage(location: Location) -> LocalStorage:
+    """The storage a user's ``location`` names: a folder path (or a ``file://`` URL) today.
+
+    The one place that turns what users pass into storage; nothing else constructs one. URLs
+    of other schemes (``s3://bucket/prefix``) are refused with a ValueError that says so, until
+    object storage lands.
+    """
+    text = os.fspath(location)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.isalnum():
+        if scheme.lower() != "file":
+            raise ValueError(f"replaystore cannot open {text!r}: {scheme}:// storage is not "
+                             "supported yet (stores live in local folders)")
+        text = rest
+    return LocalStorage(text)
 
 __all__ = [
     "POWER_LOSS_MODES",
@@ -22,10 +46,13 @@ __all__ = [
     "Change",
     "Event",
     "Fault",
+    "LocalStorage",
+    "Location",
     "MemoryStorage",
     "PowerLossMode",
     "RecordingStorage",
     "Storage",
     "check_key",
     "check_new_key",
+    "open_storage",
 ]

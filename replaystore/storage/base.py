@@ -50,7 +50,7 @@ TEMPORARY_MARK = ".tmp-"
 value under such a name and renames it over its key, and clean-up deletes what a crash left.
 :meth:`Storage.put` and :meth:`Storage.put_if_absent` refuse keys containing it (a caller's
 value there would be hidden from :meth:`Storage.list` and deleted as debris). Keep in step with
-``replaystore.backend.TMP_MARK``."""
+``replaystore.storage.local.TMP_MARK``."""
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -62,7 +62,7 @@ def check_key(key: str) -> str:
     same set before touching anything: the empty key, empty segments (``a//b``, a leading or
     trailing ``/``, hence absolute paths), ``.`` and ``..`` segments, and any character outside
     ``[A-Za-z0-9_.-]``. One rule everywhere means a store that works in memory works on disk
-    and in a bucket. This is the same rule as ``replaystore.backend.check_key`` (the tests
+    and in a bucket. This is the same rule as ``replaystore.storage.local.check_key`` (the tests
     compare the two).
     """
     parts = key.split("/")
@@ -111,7 +111,7 @@ class Storage(ABC):
     explicit durability.
 
     Implementations: :class:`~replaystore.storage.memory.MemoryStorage` (RAM, and the model the
-    crash tests use) and the local file system (``replaystore.backend.LocalBackend``, being
+    crash tests use) and the local file system (``replaystore.storage.local.LocalStorage``, being
     adapted to it). Each must pass :class:`~replaystore.storage.testing.StorageTests`.
 
     Every verb that takes a key first applies :func:`check_key` (``CorruptStoreError``); the

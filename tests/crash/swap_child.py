@@ -3,11 +3,11 @@
     python tests/crash/swap_child.py PATH KEEP KILL_AT EXCHANGE
 
 Prunes the store at PATH to its newest KEEP rows. EXCHANGE ``0`` replaces
-``replaystore.backend._exchange`` by a function that reports it unavailable, as on NFS (test
+``replaystore.storage.local._exchange`` by a function that reports it unavailable, as on NFS (test
 code only: the library has no switch for it); ``1`` leaves it.
 
 A *step* is one file-system change made by the store-replacing part of the backend
-(``LocalBackend.finish_replace``, ``staging`` and ``replace_with``: a folder made, renamed or
+(``LocalStorage.finish_replace``, ``staging`` and ``replace_with``: a folder made, renamed or
 exchanged, a file created or unlinked, each unlink and rmdir inside an ``rmtree``), plus
 ``build``: the final manifest commit of the staged copy. Before making step ``k`` the child
 prints ``step k WHAT NAME [in FOLDER]`` (``in``: inside an rmtree of FOLDER) and, when ``k`` is
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import replaystore as rs
 
-backend = importlib.import_module("replaystore.backend")
+backend = importlib.import_module("replaystore.storage.local")
 rewrite = importlib.import_module("replaystore.rewrite")  # rs.rewrite is the function
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     path, keep, kill_at, exchange = sys.argv[1:5]
     steps = Steps(int(kill_at))
     for name in ("finish_replace", "staging", "replace_with"):
-        setattr(backend.LocalBackend, name, steps.region(getattr(backend.LocalBackend, name)))
+        setattr(backend.LocalStorage, name, steps.region(getattr(backend.LocalStorage, name)))
     for what in ("rename", "replace", "unlink", "rmdir", "mkdir"):
         setattr(os, what, steps.counted(what, getattr(os, what)))
     os.open = steps.counted("create", os.open, creates_only=True)

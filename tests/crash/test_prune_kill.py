@@ -163,7 +163,7 @@ def follow_up(path: Path, which: str) -> None:
 @pytest.fixture
 def no_exchange(monkeypatch):
     """This process renames folders as on NFS, without RENAME_EXCHANGE (test code only)."""
-    monkeypatch.setattr(importlib.import_module("replaystore.backend"), "_exchange",
+    monkeypatch.setattr(importlib.import_module("replaystore.storage.local"), "_exchange",
                         lambda a, b: False)
 
 

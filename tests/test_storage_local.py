@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from replaystore.backend import LocalBackend
 from replaystore.errors import CorruptStoreError, WriterLockedError
+from replaystore.storage.local import LocalStorage
 
 
 class BackendTests:
@@ -59,10 +59,10 @@ class BackendTests:
         backend.lock("meta/writer.lock").release()
 
 
-class TestLocalBackend(BackendTests):
+class TestLocalStorage(BackendTests):
     @pytest.fixture
     def backend(self, tmp_path):
-        return LocalBackend(tmp_path)
+        return LocalStorage(tmp_path)
 
     def test_no_temporary_files_are_left(self, backend, tmp_path):
         for i in range(5):
@@ -82,7 +82,7 @@ def test_allocate_replaces_a_planted_link_instead_of_writing_through_it(tmp_path
     the file outside the store became zeros."""
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"precious" * 100)
-    backend = LocalBackend(tmp_path / "store")
+    backend = LocalStorage(tmp_path / "store")
     backend.put("_replaystore/zarr.json", b"{}")
     os.symlink(outside, tmp_path / "store" / "_replaystore" / "priority-8.tree")
     backend.allocate("_replaystore/priority-8.tree", 4096)

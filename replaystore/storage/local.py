@@ -28,15 +28,15 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import CorruptStoreError, SyncError
-from .lock import WriterLock
-from .storage.base import TEMPORARY_MARK, BytesLike, Capabilities, Storage, check_key, check_new_key
+from ..errors import CorruptStoreError, SyncError
+from ..lock import WriterLock
+from .base import TEMPORARY_MARK, BytesLike, Capabilities, Storage, check_key, check_new_key
 
 TMP_MARK = TEMPORARY_MARK
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
-class LocalBackend(Storage):
+class LocalStorage(Storage):
     """Files under one root directory of the local file system."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -49,7 +49,7 @@ class LocalBackend(Storage):
         self._safe_dirs: set[Path] = set()
 
     def __repr__(self) -> str:
-        return f"LocalBackend({str(self.root)!r})"
+        return f"LocalStorage({str(self.root)!r})"
 
     def is_container(self) -> bool:
         """Whether the root exists as a folder (object stores: the prefix is usable)."""
@@ -403,7 +403,7 @@ class LocalBackend(Storage):
         st = self.root.stat()
         return st.st_dev, st.st_ino
 
-    def staging(self) -> LocalBackend:
+    def staging(self) -> LocalStorage:
         """An empty backend beside this one, where a replacement store is built.
 
         What an interrupted replacement left beside the store is cleared first
@@ -411,12 +411,12 @@ class LocalBackend(Storage):
         lock (one rewrite at a time).
         """
         self.finish_replace(locked=True)
-        staged = LocalBackend(self._sibling("rewrite"))
+        staged = LocalStorage(self._sibling("rewrite"))
         staged.make_container()
         self._fsync_dir(self.root.parent)
         return staged
 
-    def replace_with(self, staged: LocalBackend) -> None:
+    def replace_with(self, staged: LocalStorage) -> None:
         """Make the content of ``staged`` (fully written and synced) this store's content.
 
         Readers and a crash see the old store or the new one, never a mix. Where the file
