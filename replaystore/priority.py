@@ -196,13 +196,13 @@ class PriorityIndex:
         if size != expected:
             raise CorruptStoreError(f"priority index {self.key!r} holds {size} bytes, expected "
                                     f"{expected}", key=self.key)
-        trees = backend.memmap(self.key, "<f8", (2, 2 * self.leaves), writable=writable)
+        trees = backend.disk().memmap(self.key, "<f8", (2, 2 * self.leaves), writable=writable)
         self._file = trees
         # Plain ndarray views of the mapping: indexing a np.memmap subclass costs ~2 µs more per
         # operation, which adds up over the ~2 x 24 levels of a batched update.
         plain = trees.view(np.ndarray)
         self.sum, self.inv = plain[0], plain[1]
-        self._undo = backend.open_log(UNDO) if writable else None
+        self._undo = backend.disk().open_log(UNDO) if writable else None
         self._owner = os.getpid()  # a forked child must not write the writer's index
         self.max_priority = 1.0  # the largest priority given so far; new rows get it
 
@@ -213,7 +213,7 @@ class PriorityIndex:
         """Make an empty index (all priorities 0) for ``slots`` slots."""
         if not (isinstance(alpha, int | float) and 0 <= alpha <= 10 and math.isfinite(alpha)):
             raise SchemaError(f"alpha must be a number in [0, 10], got {alpha!r}")
-        backend.allocate(TREE.format(leaves=leaves_for(slots)), 2 * 2 * leaves_for(slots) * 8)
+        backend.disk().allocate(TREE.format(leaves=leaves_for(slots)), 2 * 2 * leaves_for(slots) * 8)
         backend.put(UNDO, b"")
         header = PriorityHeader(slots=slots, alpha=float(alpha), clean=False)
         write_header(backend, header)
@@ -497,7 +497,7 @@ class PriorityIndex:
         if self._undo is None:
             raise ReadOnlyError("this store's priority index is open read-only")
         leaves = leaves_for(slots)
-        self.backend.allocate(TREE.format(leaves=leaves), 2 * 2 * leaves * 8)
+        self.backend.disk().allocate(TREE.format(leaves=leaves), 2 * 2 * leaves * 8)
         self._undo.flush()
         self._undo.close()
         self._undo = None

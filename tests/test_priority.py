@@ -750,7 +750,7 @@ GROW_CRASH = """
 import os, signal, sys
 import numpy as np
 import replaystore as rs
-from replaystore.storage.local import LocalStorage
+from replaystore.storage.local import LocalDisk
 from replaystore.priority import PriorityIndex
 
 sys.path.insert(0, sys.argv[3])
@@ -759,7 +759,7 @@ from test_priority import rows
 point = sys.argv[2]
 store = rs.open(sys.argv[1], "a")
 sampler = rs.PrioritizedSampler(store, alpha=1.0, eps=0.0)
-allocate, flush = LocalStorage.allocate, PriorityIndex.flush
+allocate, flush = LocalDisk.allocate, PriorityIndex.flush
 
 
 def allocate_then_die(self, *args, **kwargs):
@@ -774,7 +774,7 @@ def flush_then_die(self):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-LocalStorage.allocate = allocate_then_die
+LocalDisk.allocate = allocate_then_die
 PriorityIndex.flush = flush_then_die
 sampler.update_priorities(np.arange(10), np.full(10, 100.0))  # never committed
 store.extend(rows(1000, 70_000))

@@ -85,7 +85,7 @@ def test_allocate_replaces_a_planted_link_instead_of_writing_through_it(tmp_path
     backend = LocalStorage(tmp_path / "store")
     backend.put("_replaystore/zarr.json", b"{}")
     os.symlink(outside, tmp_path / "store" / "_replaystore" / "priority-8.tree")
-    backend.allocate("_replaystore/priority-8.tree", 4096)
+    backend.disk().allocate("_replaystore/priority-8.tree", 4096)
     assert outside.read_bytes() == b"precious" * 100
     tree = tmp_path / "store" / "_replaystore" / "priority-8.tree"
     assert not tree.is_symlink() and tree.stat().st_size == 4096

@@ -4,9 +4,9 @@ offers.
 Keys are ``/``-separated relative names (``obs/c.3.0``, ``_replaystore/manifest.json``) under
 one root folder. The protocol's verbs (``get``, ``get_range``, ``put``, ``put_if_absent``,
 ``sync``, ``exists``, ``size``, ``delete``, ``list``) are all the layers above need to keep a
-store; the rest of this class is local-only and used in few places: ``allocate``, ``memmap``
-and ``open_log`` by the priority index; ``lock`` for the single-writer lock; and the folder
-swap of prune, compact and repair.
+store. What only a local disk offers is kept apart: :class:`LocalDisk` (``allocate``,
+``memmap``, ``open_log``) for the priority index alone; on this class, ``lock`` for the
+single-writer lock and the folder swap of prune, compact and repair.
 
 Unlike zarr's local store, ``put`` never exposes a half-written file (it writes a temporary
 file and renames it over the key), a key that holds bytes is only replaced by synced bytes,
@@ -314,61 +314,10 @@ class LocalStorage(Storage):
                     removed += 1
         return removed
 
-    def allocate(self, key: str, nbytes: int) -> None:
-        """Create ``key`` as ``nbytes`` zero bytes, its disk space reserved but not written.
-
-        The space is reserved (``posix_fallocate``) because the file is then written through a
-        memory mapping: on a full disk, a store to an unreserved page cannot raise an error and
-        kills the process with SIGBUS instead. Reserving raises ENOSPC here, naming the file.
-        Nothing is read into memory until touched.
-        """
-        path = self._path(key)
-        self._make_parent(path)
-        # Built under a new name and renamed over the key: whatever was planted at the key
-        # (a symbolic link out of the store, a hard link) is replaced, never written through.
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            try:
-                os.ftruncate(fd, nbytes)
-                os.posix_fallocate(fd, 0, nbytes)
-                _fsync(fd, path)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise exc if isinstance(exc, SyncError) else _naming(exc, path) from None
-        self._fsync_dir(path.parent)
-
-    def memmap(self, key: str, dtype: str, shape: tuple[int, ...], *,
-               writable: bool) -> np.memmap:
-        """Map ``key`` into memory, shared with every other process that maps it.
-
-        The file must be a regular file of exactly the mapped size (a planted device node or
-        FIFO, or a file of another size, is refused before mapping).
-        """
-        path = self._path(key)
-        fd = _open_no_link(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK, key)
-        with os.fdopen(fd, "r+b" if writable else "rb") as f:
-            size = _regular_size(fd, key)
-            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            if size != want:
-                raise CorruptStoreError(f"{key!r} holds {size:,} bytes; a mapping of shape "
-                                        f"{shape} {dtype} needs {want:,}", key=key)
-            return np.memmap(f, dtype=dtype, mode="r+" if writable else "r", shape=shape)
-
-    def open_log(self, key: str) -> BinaryIO:
-        """An append-only handle on ``key`` (created if missing), for undo logs."""
-        path = self._path(key)
-        self._make_parent(path)
-        fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, key)
-        try:
-            _check_private(fd, key)
-        except BaseException:
-            os.close(fd)
-            raise
-        return os.fdopen(fd, "ab")
+    def disk(self) -> LocalDisk:
+        """What only a local disk offers (files reserved on disk, shared memory mappings, an
+        append-only log), for the priority index alone."""
+        return LocalDisk(self)
 
     def lock(self, key: str) -> WriterLock:
         """Take the exclusive single-writer lock stored at ``key`` (raises if another holds it)."""
@@ -527,6 +476,73 @@ class LocalStorage(Storage):
             _fsync(fd, directory)
         finally:
             os.close(fd)
+
+
+class LocalDisk:
+    """The priority index's files on a local disk: reserved, memory-mapped, appended to.
+
+    Not part of the storage protocol: an object store cannot map or append, so the index of a
+    store kept elsewhere will live on local disk beside it. Keys are checked as everywhere.
+    """
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+
+    def allocate(self, key: str, nbytes: int) -> None:
+        """Create ``key`` as ``nbytes`` zero bytes, its disk space reserved but not written.
+
+        The space is reserved (``posix_fallocate``) because the file is then written through a
+        memory mapping: on a full disk, a store to an unreserved page cannot raise an error and
+        kills the process with SIGBUS instead. Reserving raises ENOSPC here, naming the file.
+        Nothing is read into memory until touched.
+        """
+        path = self._storage._path(key)
+        self._storage._make_parent(path)
+        # Built under a new name and renamed over the key: whatever was planted at the key
+        # (a symbolic link out of the store, a hard link) is replaced, never written through.
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._storage._counter)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                os.ftruncate(fd, nbytes)
+                os.posix_fallocate(fd, 0, nbytes)
+                _fsync(fd, path)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise exc if isinstance(exc, SyncError) else _naming(exc, path) from None
+        self._storage._fsync_dir(path.parent)
+
+    def memmap(self, key: str, dtype: str, shape: tuple[int, ...], *,
+               writable: bool) -> np.memmap:
+        """Map ``key`` into memory, shared with every other process that maps it.
+
+        The file must be a regular file of exactly the mapped size (a planted device node or
+        FIFO, or a file of another size, is refused before mapping).
+        """
+        path = self._storage._path(key)
+        fd = _open_no_link(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK, key)
+        with os.fdopen(fd, "r+b" if writable else "rb") as f:
+            size = _regular_size(fd, key)
+            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if size != want:
+                raise CorruptStoreError(f"{key!r} holds {size:,} bytes; a mapping of shape "
+                                        f"{shape} {dtype} needs {want:,}", key=key)
+            return np.memmap(f, dtype=dtype, mode="r+" if writable else "r", shape=shape)
+
+    def open_log(self, key: str) -> BinaryIO:
+        """An append-only handle on ``key`` (created if missing), for undo logs."""
+        path = self._storage._path(key)
+        self._storage._make_parent(path)
+        fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, key)
+        try:
+            _check_private(fd, key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "ab")
 
 
 def _write_all(fd: int, data: BytesLike) -> None:

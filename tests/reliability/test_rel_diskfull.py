@@ -49,15 +49,16 @@ def error(exc):
 
 store = rs.create(path, FIELDS, capacity=capacity, commit_every_rows=1 << 40)
 end, per = 0, None
-backend = store._backend
-for verb in ("put", "allocate"):  # note which file failed (the OSError does not say)
-    def wrapped(key, *args, _inner=getattr(backend, verb), **kwargs):
+from replaystore.storage.local import LocalDisk, LocalStorage
+for owner, verb in ((LocalStorage, "put"), (LocalDisk, "allocate")):
+    # note which file failed (the OSError does not say)
+    def wrapped(self, key, *args, _inner=getattr(owner, verb), **kwargs):
         try:
-            return _inner(key, *args, **kwargs)
+            return _inner(self, key, *args, **kwargs)
         except OSError:
             out.setdefault("failed_key", key)
             raise
-    setattr(backend, verb, wrapped)
+    setattr(owner, verb, wrapped)
 try:
     out["stage"] = "first rows"
     store.extend(rows(0, 50))
