@@ -140,22 +140,27 @@ class EpisodeTable:
         return table[PUBLIC_FIELDS]
 
 
-def retire_blocks(backend: Storage, table: EpisodeTable, first_row: int,
-                  oldest: int) -> int:
+def retire_blocks(backend: Storage, table: EpisodeTable, first_row: int, oldest: int,
+                  oldest_end: int | None = None) -> tuple[int, int | None]:
     """Delete the persisted blocks, from block ``oldest`` on, whose episodes all end at or before
     global row ``first_row`` (a ring's window start), so that a ring's episode table stays
-    bounded; returns the oldest block kept. The block holding unpersisted records is kept.
+    bounded. The block holding unpersisted records is kept.
 
-    Call it only after a manifest whose window starts at ``first_row`` is durable.
+    ``oldest_end`` is where block ``oldest``'s last episode ends, if known (from the previous
+    call): the block is then not read again at every commit. Returns the oldest block kept and
+    its end (None where unknown). Call it only after a manifest whose window starts at
+    ``first_row`` is durable.
     """
     last_full = table.persisted // BLOCK  # blocks below this one are full and final
     while oldest < last_full:
-        records = read_block(backend, oldest)
-        if int(records["start"][-1] + records["length"][-1]) > first_row:
+        if oldest_end is None:
+            records = read_block(backend, oldest)
+            oldest_end = int(records["start"][-1] + records["length"][-1])
+        if oldest_end > first_row:
             break
         backend.delete(episode_block_key(oldest))
-        oldest += 1
-    return oldest
+        oldest, oldest_end = oldest + 1, None
+    return oldest, oldest_end
 
 
 def read_block(backend: Storage, block: int) -> np.ndarray:

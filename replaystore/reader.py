@@ -11,7 +11,6 @@ decoded: if rows of the snapshot in that chunk may have been replaced, the read 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -23,6 +22,7 @@ from .layout import chunk_key
 from .manifest import Manifest, load_manifest
 from .schema import Field, Schema
 from .storage.base import Storage
+from .storage.local import folder_identity
 
 
 class Reader:
@@ -35,7 +35,7 @@ class Reader:
         self.manifest = manifest
         # Only a store of local files can have its folder swapped by prune, compact or repair.
         self._folder = backend.capabilities.local_path
-        self._identity = None if self._folder is None else _identity(self._folder)
+        self._identity = None if self._folder is None else folder_identity(self._folder)
         self._caches: dict[str, ChunkPool | ShardCache] = {
             f.name: (ShardCache if f.codec.per_row else ChunkPool)(f, budget)
             for f, budget in zip(schema, split_budget(schema, cache_bytes), strict=True)}
@@ -123,7 +123,7 @@ class Reader:
         if self._folder is None:
             return
         try:
-            same = _identity(self._folder) == self._identity
+            same = folder_identity(self._folder) == self._identity
         except FileNotFoundError:
             same = False
         if not same:
@@ -178,13 +178,6 @@ class Reader:
                       for a, b in changed]
             self._caches[field.name].invalidate(np.concatenate(chunks))
         return True
-
-
-def _identity(folder: os.PathLike[str]) -> tuple[int, int]:
-    """What the store's folder currently is (device, inode), as ``LocalStorage.identity``: it
-    changes when the store is replaced."""
-    st = os.stat(folder)
-    return st.st_dev, st.st_ino
 
 
 MIN_CHUNKS = 4  # decoded chunks each chunked field keeps when the budget allows

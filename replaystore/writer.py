@@ -36,8 +36,10 @@ from .storage.base import Storage
 class _FieldBuffer:
     """The open chunk of one field: rows ``[base, base + len)`` of the slot space."""
 
-    def __init__(self, field: Field, slot_count: int | None) -> None:
+    def __init__(self, field: Field, slot_count: int | None, source: int = -1) -> None:
         self.field = field
+        # A next_of field: the schema position of the field it is derived from, else -1.
+        self.source = source
         self.rows = field.chunk_rows
         self.slot_count = slot_count
         self.buffer = np.zeros((self.rows, *field.shape), field.dtype)
@@ -52,7 +54,6 @@ class _FieldBuffer:
         self.stale = np.zeros(self.rows, bool)
         # Rows to store; a next_of field keeps only episode ends and the newest row.
         self.keep = np.ones(self.rows, bool)
-        self.derived_next = field.next_of is not None  # read on every append
 
     def open(self, chunk: int, backend: Storage) -> None:
         """Start filling ``chunk``, keeping whatever committed rows its file already holds."""
@@ -126,7 +127,9 @@ class Writer:
         self.commit_every_rows = commit_every_rows
         self.commit_every_seconds = commit_every_seconds
         self._hooks = hooks
-        self._fields = [_FieldBuffer(f, self.capacity) for f in schema]
+        self._fields = [_FieldBuffer(f, self.capacity,
+                                     -1 if f.next_of is None else schema.names.index(f.next_of))
+                        for f in schema]
         self._reward = schema.names.index("reward")
         self._terminated = schema.names.index("terminated")
         self._truncated = schema.names.index("truncated")
@@ -134,7 +137,8 @@ class Writer:
         self._last_commit = time.monotonic()
         self._extent_written = -1
         self._failed: SyncError | None = None
-        self._oldest_block: int | None = None  # oldest episode block on disk (None: unknown)
+        # The oldest episode block on disk and where its episodes end (None: not known yet).
+        self._oldest_block: tuple[int | None, int | None] = (None, None)
 
     @property
     def pending(self) -> int:
@@ -159,14 +163,14 @@ class Writer:
         slot = self.slot(row)
         done = bool(values[self._terminated]) or bool(values[self._truncated])
         for buf, value in zip(self._fields, values, strict=True):
-            if buf.derived_next:
+            if buf.source >= 0:
                 self._check_previous(buf, values)
             if not buf.base <= slot < buf.end:
                 self._switch(buf, slot)
             i = slot - buf.base
             buf.buffer[i] = value
             buf.stale[i] = True
-            if buf.derived_next:
+            if buf.source >= 0:
                 buf.keep[i] = done
             buf.newest, buf.dirty = row, True
             if slot + 1 == buf.end:
@@ -189,8 +193,8 @@ class Writer:
     def _extend(self, values: list[np.ndarray], count: int) -> None:
         first = self.position
         ends = values[self._terminated] | values[self._truncated]
-        keeps = {i: self._next_kept(buf, values, ends) for i, buf in enumerate(self._fields)
-                 if buf.field.next_of is not None}
+        keeps = {i: self._next_kept(buf, values[i], values, ends)
+                 for i, buf in enumerate(self._fields) if buf.source >= 0}
         copied = 0
         while copied < count:
             slot = self.slot(first + copied)
@@ -209,7 +213,7 @@ class Writer:
                               values[self._truncated])
         self._maybe_autocommit()
 
-    def _next_kept(self, buf: _FieldBuffer, values: list[np.ndarray],
+    def _next_kept(self, buf: _FieldBuffer, given: np.ndarray, values: list[np.ndarray],
                    ends: np.ndarray) -> np.ndarray:
         """Which new rows of a ``next_of`` field must be stored: episode ends, and rows whose
         given value is not the following row's target value (which is what a read would
@@ -218,8 +222,7 @@ class Writer:
         The row appended before these is checked too: it is still in the field's buffer (a
         buffer's newest row is always stored when the buffer is written; see _flush).
         """
-        source = values[self.schema.names.index(buf.field.next_of)]
-        given = values[self._fields.index(buf)]
+        source = values[buf.source]
         keep = ends.copy()
         if len(given) > 1:
             keep[:-1] |= _rows_differ(given[:-1], source[1:])
@@ -232,7 +235,7 @@ class Writer:
         previous = self.slot(self.position - 1) if self.position else -1
         if buf.base <= previous < buf.end:
             i = previous - buf.base
-            source = np.asarray(row[self.schema.names.index(buf.field.next_of)])
+            source = np.asarray(row[buf.source])
             if not buf.keep[i] and _rows_differ(buf.buffer[i:i + 1], source[None])[0]:
                 buf.keep[i] = buf.stale[i] = buf.dirty = True
 
@@ -326,12 +329,14 @@ class Writer:
     def _retire_episode_blocks(self) -> None:
         """Delete episode blocks the ring has left behind: without this a ring's disk use grows
         with every episode it ever saw."""
-        if self._oldest_block is None:
+        oldest, end = self._oldest_block
+        if oldest is None:
+            prefix = episode_block_key(0).rsplit(".", 1)[0]
             numbers = [int(key.rsplit(".", 1)[1]) for key in self.backend.list(META)
-                       if key.rsplit(".", 1)[0] == episode_block_key(0).rsplit(".", 1)[0]]
-            self._oldest_block = min(numbers, default=0)
+                       if key.rsplit(".", 1)[0] == prefix]
+            oldest = min(numbers, default=0)
         self._oldest_block = retire_blocks(self.backend, self.episodes, self.manifest.start,
-                                           self._oldest_block)
+                                           oldest, end)
 
     def _publish(self, manifest: Manifest, *, full: bool = False) -> None:
         """Replace the manifest; ``full`` for a commit (not a ring guard's shrink)."""

@@ -89,7 +89,7 @@ from kill import CONFIGS, PRIORITY_CAPACITIES, PriorityLineage, check_verify  # 
 from powercut_child import next_rows  # noqa: E402
 
 import replaystore as rs  # noqa: E402
-from replaystore.storage.local import TMP_MARK  # noqa: E402
+from replaystore.storage import TEMPORARY_MARK as TMP_MARK  # noqa: E402
 
 CHILD = ROOT / "tests" / "reliability" / "powercut_child.py"
 WRITER_CHILD = ROOT / "tests" / "crash" / "writer_child.py"

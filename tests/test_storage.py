@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from replaystore.errors import CorruptStoreError, SyncError
 from replaystore.storage import (
     POWER_LOSS_MODES,
-    TEMPORARY_MARK,
     Change,
     MemoryStorage,
     RecordingStorage,
@@ -24,7 +23,7 @@ from replaystore.storage import (
     check_key,
 )
 from replaystore.storage import local as backend_module
-from replaystore.storage.local import TMP_MARK, LocalStorage
+from replaystore.storage.local import LocalStorage
 from replaystore.storage.testing import StorageTests
 
 # -- conformance ------------------------------------------------------------------------------
@@ -78,10 +77,6 @@ def test_key_rule_is_the_backends(key: str) -> None:
         return True
 
     assert verdict(check_key) == verdict(backend_module.check_key)
-
-
-def test_temporary_mark_is_the_backends() -> None:
-    assert TEMPORARY_MARK == TMP_MARK
 
 
 # -- MemoryStorage's durability bookkeeping -------------------------------------------------

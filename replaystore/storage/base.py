@@ -49,8 +49,7 @@ TEMPORARY_MARK = ".tmp-"
 """Names containing this are reserved for implementations: the local file system writes a
 value under such a name and renames it over its key, and clean-up deletes what a crash left.
 :meth:`Storage.put` and :meth:`Storage.put_if_absent` refuse keys containing it (a caller's
-value there would be hidden from :meth:`Storage.list` and deleted as debris). Keep in step with
-``replaystore.storage.local.TMP_MARK``."""
+value there would be hidden from :meth:`Storage.list` and deleted as debris)."""
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 

@@ -32,7 +32,6 @@ from ..errors import CorruptStoreError, SyncError
 from ..lock import WriterLock
 from .base import TEMPORARY_MARK, BytesLike, Capabilities, Storage, check_key, check_new_key
 
-TMP_MARK = TEMPORARY_MARK
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
@@ -161,7 +160,7 @@ class LocalStorage(Storage):
         path = self._path(check_new_key(key))
         self._make_parent(path)
         replaces = os.path.lexists(path)
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
+        tmp = path.with_name(f"{path.name}{TEMPORARY_MARK}{os.getpid()}-{next(self._counter)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
@@ -199,7 +198,7 @@ class LocalStorage(Storage):
         """
         path = self._path(check_new_key(key))
         self._make_parent(path)
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._counter)}")
+        tmp = path.with_name(f"{path.name}{TEMPORARY_MARK}{os.getpid()}-{next(self._counter)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             try:
@@ -301,7 +300,7 @@ class LocalStorage(Storage):
         for dirpath, _, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.root)
             for name in files:
-                if TMP_MARK not in name:
+                if TEMPORARY_MARK not in name:
                     yield (rel / name).as_posix()
 
     def remove_temporary(self) -> int:
@@ -309,7 +308,7 @@ class LocalStorage(Storage):
         removed = 0
         for dirpath, _, files in os.walk(self.root):
             for name in files:
-                if TMP_MARK in name:
+                if TEMPORARY_MARK in name:
                     (Path(dirpath) / name).unlink(missing_ok=True)
                     removed += 1
         return removed
@@ -349,8 +348,7 @@ class LocalStorage(Storage):
 
     def identity(self) -> tuple[int, int]:
         """What the root currently is (device, inode); it changes when the store is replaced."""
-        st = self.root.stat()
-        return st.st_dev, st.st_ino
+        return folder_identity(self.root)
 
     def staging(self) -> LocalStorage:
         """An empty backend beside this one, where a replacement store is built.
@@ -500,7 +498,7 @@ class LocalDisk:
         self._storage._make_parent(path)
         # Built under a new name and renamed over the key: whatever was planted at the key
         # (a symbolic link out of the store, a hard link) is replaced, never written through.
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{next(self._storage._counter)}")
+        tmp = path.with_name(f"{path.name}{TEMPORARY_MARK}{os.getpid()}-{next(self._storage._counter)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             try:
@@ -543,6 +541,12 @@ class LocalDisk:
             os.close(fd)
             raise
         return os.fdopen(fd, "ab")
+
+
+def folder_identity(folder: str | os.PathLike[str]) -> tuple[int, int]:
+    """What a store's folder currently is (device, inode): a folder swap changes it."""
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def _write_all(fd: int, data: BytesLike) -> None:
